@@ -1,0 +1,79 @@
+"""headscope: find, score and intervene on the attention heads of transformer language models.
+
+>>> import headscope as hs
+>>> model = hs.load_model("smollm2-135m")          # offline after `make setup`
+>>> scores = hs.score(model, task="induction")       # HeadScores, a tidy DataFrame
+>>> scores.top(5, metric="induction")
+>>> scores.to_parquet("induction.parquet")
+>>> hs.plots.head_heatmap(scores, metric="induction").show()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from headscope.analyzers import ANALYZERS, get_analyzer, register_analyzer, run_analyzer
+from headscope.errors import HeadscopeError
+from headscope.models import Model, load_model
+from headscope.results import HeadScores, read_parquet
+from headscope.tasks import TASKS, make_task, register_task
+from headscope.trace import Trace, trace
+
+__all__ = [
+    "ANALYZERS",
+    "TASKS",
+    "HeadScores",
+    "HeadscopeError",
+    "Model",
+    "Trace",
+    "get_analyzer",
+    "load_model",
+    "make_task",
+    "read_parquet",
+    "register_analyzer",
+    "register_task",
+    "run_analyzer",
+    "score",
+    "trace",
+]
+
+
+def score(
+    model: Model | str = "smollm2-135m",
+    task: Any = "induction",
+    analyzer: str | None = None,
+    task_params: dict[str, Any] | None = None,
+    **options: Any,
+) -> HeadScores:
+    """Score heads: resolve the model and task by name if needed, then run the analyzer.
+
+    Args:
+        model: a loaded :class:`Model` or a spec for :func:`load_model`.
+        task: a task object or a registered task name (see ``headscope tasks``).
+        analyzer: registered analyzer name; default is the task's default analyzer.
+        task_params: parameters for the task factory when ``task`` is a name.
+        **options: analyzer options.
+    """
+    from headscope.tasks.registry import get_task_info
+
+    if isinstance(model, str):
+        model = load_model(model)
+    if isinstance(task, str):
+        info = get_task_info(task)
+        analyzer = analyzer or info.default_analyzer
+        task = make_task(task, **(task_params or {}))
+    elif analyzer is None:
+        from headscope.tasks.registry import get_task_info as _gti
+
+        analyzer = _gti(task.name).default_analyzer
+    return run_analyzer(analyzer, model, task, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module("headscope.plots")
+    raise AttributeError(name)

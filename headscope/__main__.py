@@ -1,0 +1,5 @@
+"""``python -m headscope`` runs the CLI."""
+
+from headscope.cli.app import main
+
+main()

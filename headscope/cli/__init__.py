@@ -1,0 +1,1 @@
+"""The ``headscope`` command line (typer)."""

@@ -1,0 +1,191 @@
+"""``headscope`` CLI: score, show, models, tasks.
+
+User errors print one line (``error: ...``) and exit 2, without a traceback. Set
+``HEADSCOPE_DEBUG=1`` to see tracebacks of unexpected errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from headscope.cli.display import console, provenance_table, top_table
+from headscope.cli.options import parse_options, route_options
+from headscope.errors import HeadscopeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    help="headscope: find, score and intervene on the attention heads of language models.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if os.sep in text else text).strip("-")
+
+
+def _check_output(path: Path, suffix: str, flag: str) -> Path:
+    path = path.expanduser()
+    if path.suffix != suffix:
+        raise HeadscopeError(f"{flag} {path} should end in {suffix}: e.g. {flag} results{suffix}.")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HeadscopeError(f"cannot create {parent} for {flag}: {exc.strerror}. Choose a writable path.") from None
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise HeadscopeError(f"cannot write {path} ({flag}): permission denied. Choose a writable path.")
+    return path
+
+
+@app.command()
+def score(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="alias, toy-*, .gguf, directory or hub id"),
+    task: str = typer.Option("induction", "--task", "-t", help="task name (see `headscope tasks`)"),
+    analyzer: str | None = typer.Option(None, "--analyzer", "-a", help="analyzer (default: the task's)"),
+    out: Path | None = typer.Option(None, "--out", help="Parquet output (default results/<model>_<task>_<analyzer>.parquet)"),
+    plot: Path | None = typer.Option(None, "--plot", help="write an interactive heatmap (.html)"),
+    seed: int | None = typer.Option(None, "--seed", help="random seed for the task"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, mps or auto"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help="task or analyzer option KEY=VALUE (repeatable)"),
+    top: int = typer.Option(10, "--top", help="heads to print per metric"),
+) -> None:
+    """Score every head of MODEL on TASK and save tidy results."""
+    from headscope.analyzers import get_analyzer, run_analyzer
+    from headscope.models import load_model
+    from headscope.tasks import make_task
+    from headscope.tasks.registry import get_task_info
+
+    info = get_task_info(task)
+    analyzer_name = analyzer or info.default_analyzer
+    an = get_analyzer(analyzer_name)
+    task_kw, analyzer_kw = route_options(parse_options(option), info.parameters(), an.options())
+    if seed is not None:
+        if "seed" in info.parameters():
+            task_kw["seed"] = seed
+        elif "seed" in an.options():
+            analyzer_kw["seed"] = seed
+    if "progress" in an.options():
+        analyzer_kw.setdefault("progress", True)
+    out = out or Path("results") / f"{_slug(model)}_{task}_{analyzer_name}.parquet"
+    out = _check_output(out, ".parquet", "--out")
+    if plot is not None:
+        plot = _check_output(plot, ".html", "--plot")
+    task_obj = make_task(task, **task_kw)
+
+    t0 = time.perf_counter()
+    with console.status(f"loading {model} ...", spinner="dots"):
+        loaded = load_model(model, device=device, dtype=dtype)
+    console.print(f"[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
+    t1 = time.perf_counter()
+    scores = run_analyzer(analyzer_name, loaded, task_obj, **analyzer_kw)
+    console.print(f"[bold]{analyzer_name}[/] on [bold]{task}[/]: {len(scores)} rows in {time.perf_counter() - t1:.1f} s")
+    console.print(top_table(scores, k=top))
+    scores.to_parquet(out)
+    console.print(f"wrote {out}")
+    if plot is not None:
+        from headscope.plots import head_heatmap, save_html
+        from headscope.plots.figures import all_metric_heatmaps
+
+        save_html(all_metric_heatmaps(scores) if len(scores.metrics) > 1 else head_heatmap(scores), plot)
+        console.print(f"wrote {plot}")
+
+
+@app.command()
+def show(
+    path: Path = typer.Argument(..., help="a results .parquet file"),
+    top: int = typer.Option(10, "--top", help="heads per metric"),
+    metric: str | None = typer.Option(None, "--metric", help="only this metric"),
+) -> None:
+    """Print the top heads of a results file, with its provenance."""
+    from headscope.results import read_parquet
+
+    scores = read_parquet(path)
+    if metric is not None:
+        scores = scores.top(len(scores), metric=metric)
+    console.print(top_table(scores, k=top))
+    console.print(provenance_table(scores.provenance))
+
+
+@app.command()
+def models() -> None:
+    """List model aliases and toy models, and whether each is available offline."""
+    from rich.table import Table
+
+    from headscope.models.load import offline_status
+
+    table = Table(title="models")
+    for col in ("name", "offline", "source", "summary"):
+        table.add_column(col, overflow="fold")
+    for row in offline_status():
+        source = row["source"] if row["offline"] else f"{row['source']}; offline: {row['install']}"
+        table.add_row(row["name"], "yes" if row["offline"] else "no", source, row["summary"])
+    console.print(table)
+    console.print("Any hub id (gpt2, EleutherAI/pythia-70m), model directory or .gguf file also works.")
+
+
+@app.command()
+def tasks() -> None:
+    """List tasks and analyzers."""
+    from rich.table import Table
+
+    from headscope.analyzers.registry import ANALYZERS, load_builtin_analyzers
+    from headscope.tasks.registry import TASKS, _ensure_loaded
+
+    _ensure_loaded()
+    load_builtin_analyzers()
+    table = Table(title="tasks")
+    for col in ("task", "default analyzer", "parameters (-o KEY=VALUE)", "summary"):
+        table.add_column(col, overflow="fold")
+    for info in TASKS.values():
+        table.add_row(info.name, info.default_analyzer, ", ".join(info.parameters()), info.summary)
+    console.print(table)
+    table = Table(title="analyzers")
+    for col in ("analyzer", "tasks", "options (-o KEY=VALUE)", "summary"):
+        table.add_column(col, overflow="fold")
+    for a in ANALYZERS.values():
+        table.add_row(a.name, ", ".join(a.tasks) or "any", ", ".join(a.options()), a.summary)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning user errors into one line and a non-zero exit."""
+    import click
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="headscope", standalone_mode=False)
+    except HeadscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.ClickException as exc:
+        print(f"error: {exc.format_message()} (see `headscope {' '.join(sys.argv[1:2])} --help`)", file=sys.stderr)
+        sys.exit(exc.exit_code or 2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last line of defence against tracebacks
+        if os.environ.get("HEADSCOPE_DEBUG"):
+            raise
+        print(
+            f"error: internal error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(rerun with HEADSCOPE_DEBUG=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""User-facing errors.
+
+Every mistake a user can make (unknown model, task or analyzer; a head out of range; an
+answer that is not a single token; weights missing offline; ...) raises
+:class:`HeadscopeError`. Its message is one line that says what is wrong and how to fix it.
+The CLI prints that line and exits non-zero without a traceback; Python callers get a normal
+exception they can catch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class HeadscopeError(Exception):
+    """A user error with a one-line message that names the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+
+def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest matches of ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    if not close:
+        return ""
+    quoted = ", ".join(f"'{c}'" for c in close)
+    return f" Did you mean {quoted}?"

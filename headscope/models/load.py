@@ -1,0 +1,283 @@
+"""``load_model(spec)``: one resolver for every way a user names a model.
+
+Spec forms, tried in this order:
+
+1. ``toy-*``: a planted-mechanism model from :mod:`headscope.toy` (built in memory).
+2. An alias from :data:`headscope.models.aliases.ALIASES` (e.g. ``smollm2-135m``): its GGUF from
+   an installed package if present, else its hub id.
+3. A path to a ``.gguf`` file: dequantized once and cached as safetensors (see ``gguf.py``).
+4. A local directory with ``config.json``, weights and tokenizer files.
+5. A Hugging Face hub id (``gpt2``, ``EleutherAI/pythia-70m``): the local HF cache first; then
+   the hub, unless offline. Offline failures are immediate, with a message that says how to get
+   the weights (no 20 s of retries).
+
+Every form ends the same way: the HF model is wrapped by
+``TransformerBridge.boot_transformers(..., hf_model=..., tokenizer=...)`` (raw HF numerics,
+eager attention) and put in eval mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headscope.errors import HeadscopeError, suggest
+from headscope.models.aliases import ALIASES
+from headscope.models.cache import file_sha256
+from headscope.models.model import Model
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """Map ``"bf16"`` etc. to a torch dtype (default float32)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise HeadscopeError(f"unknown dtype '{dtype}'.{suggest(dtype, DTYPES)} Use one of {sorted(set(DTYPES))}.")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    """``None``/``"cpu"`` -> cpu; ``"auto"`` -> cuda if available; otherwise checked as given."""
+    if device is None or str(device) == "cpu":
+        return "cpu"
+    if str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    dev = str(device)
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise HeadscopeError(f"device '{dev}' asked for but no CUDA GPU is visible: use --device cpu.")
+    if dev.startswith("mps") and not torch.backends.mps.is_available():
+        raise HeadscopeError(f"device '{dev}' asked for but MPS is not available: use --device cpu.")
+    return dev
+
+
+def is_offline() -> bool:
+    """True when the user asked Hugging Face libraries to stay offline."""
+    flags = (os.environ.get(k, "").lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in {"1", "true", "yes", "on"} for f in flags)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub, so an offline machine fails in seconds, not 20 s."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = re.sub(r"^https?://", "", endpoint).split("/")[0].split(":")[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _known_names() -> list[str]:
+    from headscope.toy import toy_names
+
+    return [*ALIASES, *toy_names()]
+
+
+def _dir_weights_hash(directory: Path) -> str:
+    files = sorted(
+        p for p in directory.iterdir() if p.suffix in {".safetensors", ".bin", ".pt", ".gguf"}
+    )
+    if not files:
+        raise HeadscopeError(f"no weight files (*.safetensors) in {directory}: is this a model directory?")
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode())
+        digest.update(file_sha256(p).encode())
+    return digest.hexdigest()
+
+
+def _state_dict_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _from_dir(directory: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (directory / "config.json").exists():
+        raise HeadscopeError(
+            f"{directory} has no config.json: pass a directory saved with save_pretrained, "
+            "a .gguf file, a hub id or an alias (see `headscope models`)."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True)
+    return model, tokenizer
+
+
+def _hub_snapshot(hub_id: str, hint: str = "") -> Path:
+    """Local snapshot dir of a hub model, downloading it when online."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+    try:
+        return Path(snapshot_download(hub_id, local_files_only=True, allow_patterns=patterns))
+    except Exception:  # noqa: BLE001 - any cache miss means "not available offline"
+        pass
+    names = _known_names()
+    did_you_mean = suggest(hub_id, names)
+    if is_offline() or not hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if is_offline() else "the hub cannot be reached"
+        how = hint or (
+            f"run `huggingface-cli download {hub_id}` on a machine with internet and copy the cache, "
+            "or pass a local directory or .gguf file"
+        )
+        raise HeadscopeError(
+            f"model '{hub_id}' is not available offline ({why}).{did_you_mean} To get it: {how}."
+        )
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001
+        raise HeadscopeError(
+            f"could not download '{hub_id}' from the hub ({type(exc).__name__}).{did_you_mean} "
+            "Check the id, or pass a local directory or .gguf file."
+        ) from None
+
+
+def _boot(name: str, hf_model: Any, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+    )
+    bridge.eval()
+    return bridge
+
+
+def load_model(
+    spec: str = "smollm2-135m",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Model:
+    """Load a model by spec and wrap it for tracing.
+
+    Args:
+        spec: alias, ``toy-*`` name, ``.gguf`` path, local directory or hub id.
+        device: ``cpu`` (default), ``cuda``, ``cuda:1``, ``mps`` or ``auto``.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+
+    Returns:
+        A :class:`Model` whose bridge is in eval mode.
+
+    Raises:
+        HeadscopeError: unknown spec (with close-name suggestions), missing files, or weights
+            that cannot be found offline (with how to get them).
+    """
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    spec = str(spec)
+
+    if spec.startswith("toy-"):
+        from headscope.toy import TOY_MODELS, build_toy
+
+        if spec not in TOY_MODELS:
+            raise HeadscopeError(
+                f"unknown toy model '{spec}'.{suggest(spec, TOY_MODELS)} "
+                f"Toy models: {', '.join(TOY_MODELS)}."
+            )
+        hf_model, tokenizer = build_toy(spec)
+        toy = TOY_MODELS[spec]
+        bridge = _boot(spec, hf_model, tokenizer, dev, torch_dtype)
+        return Model(
+            bridge, bridge.tokenizer, spec, "toy", _state_dict_hash(hf_model), dev, torch_dtype,
+            planted=dict(toy.planted), summary=toy.summary,
+        )
+
+    if spec in ALIASES:
+        alias = ALIASES[spec]
+        gguf = alias.find_local()
+        if gguf is not None:
+            directory, sha = _load_gguf_dir(gguf)
+            model, tok = _from_dir(directory, torch_dtype)
+            bridge = _boot(str(directory), model, tok, dev, torch_dtype)
+            return Model(bridge, bridge.tokenizer, spec, "gguf", sha, dev, torch_dtype, summary=alias.summary)
+        directory = _hub_snapshot(alias.hub_id, hint=alias.install_hint)
+        model, tok = _from_dir(directory, torch_dtype)
+        bridge = _boot(str(directory), model, tok, dev, torch_dtype)
+        return Model(bridge, bridge.tokenizer, spec, "hub", _dir_weights_hash(directory), dev, torch_dtype, summary=alias.summary)
+
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf" or path.exists() or spec.startswith((".", "/", "~")):
+        if not path.exists():
+            raise HeadscopeError(f"no such file or directory: {path}. Check the path.")
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise HeadscopeError(
+                    f"{path} is a file but not a .gguf: pass a .gguf file or a model directory."
+                )
+            directory, sha = _load_gguf_dir(path)
+            model, tok = _from_dir(directory, torch_dtype)
+            bridge = _boot(str(directory), model, tok, dev, torch_dtype)
+            return Model(bridge, bridge.tokenizer, spec, "gguf", sha, dev, torch_dtype)
+        model, tok = _from_dir(path, torch_dtype)
+        bridge = _boot(str(path), model, tok, dev, torch_dtype)
+        return Model(bridge, bridge.tokenizer, spec, "dir", _dir_weights_hash(path), dev, torch_dtype)
+
+    if not HUB_ID.match(spec):
+        raise HeadscopeError(
+            f"'{spec}' is not a model alias, toy model, path or hub id.{suggest(spec, _known_names())} "
+            "See `headscope models`."
+        )
+    directory = _hub_snapshot(spec)
+    model, tok = _from_dir(directory, torch_dtype)
+    bridge = _boot(str(directory), model, tok, dev, torch_dtype)
+    return Model(bridge, bridge.tokenizer, spec, "hub", _dir_weights_hash(directory), dev, torch_dtype)
+
+
+def _load_gguf_dir(path: Path) -> tuple[Path, str]:
+    from headscope.models.gguf import dequantized_dir
+
+    try:
+        return dequantized_dir(path)
+    except ImportError as exc:
+        raise HeadscopeError(f"reading GGUF needs the 'gguf' package ({exc}): pip install gguf.") from None
+    except (OSError, ValueError) as exc:
+        raise HeadscopeError(f"cannot read GGUF file {path}: {exc}. Is it a complete .gguf file?") from None
+
+
+def offline_status() -> list[dict[str, Any]]:
+    """For `headscope models`: every alias and toy, and whether it loads offline now."""
+    from headscope.toy import TOY_MODELS
+
+    rows: list[dict[str, Any]] = []
+    for alias in ALIASES.values():
+        try:
+            local = alias.find_local()
+        except OSError:
+            local = None
+        rows.append(
+            {
+                "name": alias.name,
+                "offline": local is not None,
+                "source": str(local) if local else f"hub: {alias.hub_id}",
+                "summary": alias.summary,
+                "install": "" if local else alias.install_hint,
+            }
+        )
+    for toy in TOY_MODELS.values():
+        rows.append(
+            {"name": toy.name, "offline": True, "source": "built in (planted weights)",
+             "summary": toy.summary, "install": ""}
+        )
+    return rows

@@ -1,0 +1,175 @@
+"""``HeadScores``: the tidy result every analyzer returns.
+
+A ``pandas.DataFrame`` subclass with one row per (layer, head, metric) and at least the columns
+``model, task, analyzer, metric, layer, head, score`` (plus ``label`` = ``"L.H"``). Optional
+columns: ``kv_head, position, stderr, n``. Provenance lives in ``.provenance`` (``df.attrs``)
+and travels into the Parquet file's schema metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from headscope.errors import HeadscopeError
+from headscope.results.atomic import atomic_write
+
+REQUIRED_COLUMNS = ("model", "task", "analyzer", "metric", "layer", "head", "score")
+OPTIONAL_COLUMNS = ("kv_head", "position", "stderr", "n")
+METADATA_KEY = b"headscope"
+
+
+class HeadScores(pd.DataFrame):
+    """Tidy per-head scores. See the module docstring for the schema."""
+
+    _metadata: list[str] = []
+
+    @property
+    def _constructor(self) -> type[HeadScores]:
+        return HeadScores
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_matrix(
+        cls,
+        values: Any,
+        *,
+        model: str,
+        task: str,
+        analyzer: str,
+        metric: str,
+        extra: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> HeadScores:
+        """Build from a (n_layers, n_heads) array of scores for one metric.
+
+        ``extra`` maps optional column names to arrays of the same shape (e.g. ``stderr``,
+        ``kv_head``) or to scalars.
+        """
+        arr = np.asarray(values, dtype=float)
+        if arr.ndim != 2:
+            raise ValueError(f"values must be (n_layers, n_heads); got shape {arr.shape}")
+        layers, heads = np.meshgrid(np.arange(arr.shape[0]), np.arange(arr.shape[1]), indexing="ij")
+        data: dict[str, Any] = {
+            "model": model,
+            "task": task,
+            "analyzer": analyzer,
+            "metric": metric,
+            "layer": layers.ravel().astype("int64"),
+            "head": heads.ravel().astype("int64"),
+            "score": arr.ravel(),
+        }
+        for key, value in (extra or {}).items():
+            data[key] = np.asarray(value).ravel() if np.ndim(value) else value
+        out = cls(pd.DataFrame(data))
+        out["label"] = out["layer"].astype(str) + "." + out["head"].astype(str)
+        if provenance is not None:
+            out.provenance = provenance
+        return out
+
+    @classmethod
+    def concat(cls, parts: list[HeadScores], provenance: dict[str, Any] | None = None) -> HeadScores:
+        """Concatenate several results (e.g. several metrics) keeping one provenance."""
+        out = cls(pd.concat([pd.DataFrame(p) for p in parts], ignore_index=True))
+        prov = provenance if provenance is not None else (parts[0].provenance if parts else {})
+        out.provenance = prov
+        return out
+
+    # ------------------------------------------------------------------ provenance
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.attrs.setdefault("provenance", {})
+
+    @provenance.setter
+    def provenance(self, value: dict[str, Any]) -> None:
+        self.attrs["provenance"] = dict(value)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys(self["metric"]))
+
+    def _one_metric(self, metric: str | None) -> HeadScores:
+        metrics = self.metrics
+        if metric is None:
+            if len(metrics) != 1:
+                metric = metrics[0]
+            else:
+                return self
+        if metric not in metrics:
+            from headscope.errors import suggest
+
+            raise HeadscopeError(f"no metric '{metric}' in these scores.{suggest(metric, metrics)} Metrics: {metrics}.")
+        return self[self["metric"] == metric]
+
+    def top(self, k: int = 10, metric: str | None = None, absolute: bool = False) -> HeadScores:
+        """The ``k`` highest-scoring heads for one metric (default: the first metric)."""
+        rows = self._one_metric(metric)
+        key = rows["score"].abs() if absolute else rows["score"]
+        order = key.sort_values(ascending=False, kind="stable").index[:k]
+        return rows.loc[order]
+
+    def matrix(self, metric: str | None = None, value: str = "score") -> pd.DataFrame:
+        """A (layer x head) table of one metric; missing heads are NaN."""
+        rows = self._one_metric(metric)
+        if "position" in rows.columns and rows["position"].nunique(dropna=False) > 1:
+            raise HeadscopeError("scores vary by position: filter one position before .matrix().")
+        table = pd.DataFrame(rows).pivot_table(index="layer", columns="head", values=value, aggfunc="first")
+        return table.sort_index().sort_index(axis=1)
+
+    def heads(self, metric: str | None = None, threshold: float | None = None, k: int | None = None) -> list[tuple[int, int]]:
+        """(layer, head) pairs: the top ``k`` and/or those scoring above ``threshold``."""
+        rows = self.top(k or len(self), metric)
+        if threshold is not None:
+            rows = rows[rows["score"] > threshold]
+        return [(int(r.layer), int(r.head)) for r in rows.itertuples()]
+
+    def validate(self) -> HeadScores:
+        """Check the schema; raise ValueError naming what is wrong."""
+        missing = [c for c in REQUIRED_COLUMNS if c not in self.columns]
+        if missing:
+            raise ValueError(f"HeadScores is missing columns {missing}")
+        for col in ("layer", "head"):
+            if not pd.api.types.is_integer_dtype(self[col]):
+                raise ValueError(f"column '{col}' must be integer, is {self[col].dtype}")
+        return self
+
+    # ------------------------------------------------------------------ I/O
+    def to_parquet(self, path: str | Path, **kwargs: Any) -> Path:  # type: ignore[override]
+        """Write atomically to ``path`` with the provenance in the schema metadata."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.validate()
+        table = pa.Table.from_pandas(pd.DataFrame(self), preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[METADATA_KEY] = json.dumps(self.provenance, default=str).encode()
+        table = table.replace_schema_metadata(meta)
+        target = Path(path).expanduser()
+        with atomic_write(target, suffix=".parquet") as tmp:
+            pq.write_table(table, tmp, **kwargs)
+        return target
+
+
+def read_parquet(path: str | Path) -> HeadScores:
+    """Read a HeadScores Parquet file, restoring its provenance."""
+    import pyarrow.parquet as pq
+
+    target = Path(path).expanduser()
+    if not target.exists():
+        raise HeadscopeError(f"no such results file: {target}. Check the path.")
+    try:
+        table = pq.read_table(target)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
+        raise HeadscopeError(f"{target} is not a readable Parquet file ({type(exc).__name__}).") from None
+    meta = table.schema.metadata or {}
+    out = HeadScores(table.to_pandas())
+    out.provenance = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+    missing = [c for c in REQUIRED_COLUMNS if c not in out.columns]
+    if missing:
+        raise HeadscopeError(f"{target} is not a headscope result (missing columns {missing}).")
+    return out

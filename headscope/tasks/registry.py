@@ -1,0 +1,65 @@
+"""The task registry: name -> factory, summary and default analyzer."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from headscope.errors import HeadscopeError, suggest
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A registered task."""
+
+    name: str
+    factory: Callable[..., Any]
+    summary: str
+    default_analyzer: str
+
+    def parameters(self) -> list[str]:
+        """Names of the keyword parameters the factory accepts."""
+        return [p for p in inspect.signature(self.factory).parameters if p != "self"]
+
+
+TASKS: dict[str, TaskInfo] = {}
+
+
+def register_task(name: str, summary: str, default_analyzer: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Class/function decorator that registers a task factory under ``name``."""
+
+    def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
+        TASKS[name] = TaskInfo(name, factory, summary, default_analyzer)
+        return factory
+
+    return deco
+
+
+def get_task_info(name: str) -> TaskInfo:
+    _ensure_loaded()
+    if name not in TASKS:
+        raise HeadscopeError(
+            f"unknown task '{name}'.{suggest(name, TASKS)} Tasks: {', '.join(sorted(TASKS))} "
+            "(see `headscope tasks`)."
+        )
+    return TASKS[name]
+
+
+def make_task(name: str, **params: Any) -> Any:
+    """Build a task by name with its parameters (unknown parameters are a one-line error)."""
+    info = get_task_info(name)
+    allowed = info.parameters()
+    bad = [k for k in params if k not in allowed]
+    if bad:
+        raise HeadscopeError(
+            f"task '{name}' has no parameter {bad[0]!r}.{suggest(bad[0], allowed)} "
+            f"Parameters: {', '.join(allowed)}."
+        )
+    return info.factory(**params)
+
+
+def _ensure_loaded() -> None:
+    """Import the modules that register built-in tasks."""
+    import headscope.tasks.repeated_tokens  # noqa: F401

@@ -39,8 +39,15 @@ def _check_output(path: Path, suffix: str, flag: str) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HeadscopeError(f"cannot create {parent} for {flag}: {exc.strerror}. Choose a writable path.") from None
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise HeadscopeError(f"cannot write {path} ({flag}): permission denied. Choose a writable path.")
+    import tempfile
+
+    try:  # probe for real: os.access says yes to root even where writes fail
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".headscope-probe-"):
+            pass
+    except OSError as exc:
+        raise HeadscopeError(f"cannot write {path} ({flag}): {exc.strerror}. Choose a writable path.") from None
+    if path.is_dir():
+        raise HeadscopeError(f"{flag} {path} is a directory: give a file name ending in {suffix}.")
     return path
 
 

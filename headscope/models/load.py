@@ -154,6 +154,14 @@ def _hub_snapshot(hub_id: str, hint: str = "") -> Path:
         ) from None
 
 
+def _quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and info logs (we show our own)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _boot(name: str, hf_model: Any, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -186,6 +194,7 @@ def load_model(
     """
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
+    _quiet_transformers()
     spec = str(spec)
 
     if spec.startswith("toy-"):
@@ -252,8 +261,9 @@ def _load_gguf_dir(path: Path) -> tuple[Path, str]:
         return dequantized_dir(path)
     except ImportError as exc:
         raise HeadscopeError(f"reading GGUF needs the 'gguf' package ({exc}): pip install gguf.") from None
-    except (OSError, ValueError) as exc:
-        raise HeadscopeError(f"cannot read GGUF file {path}: {exc}. Is it a complete .gguf file?") from None
+    except Exception as exc:  # noqa: BLE001 - gguf raises struct/value/key errors on bad files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HeadscopeError(f"cannot read GGUF file {path} ({reason}): is it a complete .gguf file?") from None
 
 
 def offline_status() -> list[dict[str, Any]]:
@@ -262,15 +272,12 @@ def offline_status() -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
     for alias in ALIASES.values():
-        try:
-            local = alias.find_local()
-        except OSError:
-            local = None
+        local = alias.available()
         rows.append(
             {
                 "name": alias.name,
-                "offline": local is not None,
-                "source": str(local) if local else f"hub: {alias.hub_id}",
+                "offline": local,
+                "source": "installed package (GGUF)" if local else f"hub: {alias.hub_id}",
                 "summary": alias.summary,
                 "install": "" if local else alias.install_hint,
             }

@@ -16,7 +16,21 @@ from typing import Any
 from headscope.errors import HeadscopeError, suggest
 
 # modules whose import registers built-in analyzers
-_BUILTIN_MODULES = ("headscope.analyzers.pattern_scores",)
+_BUILTIN_MODULES = (
+    "headscope.analyzers.pattern_scores",
+    "headscope.analyzers.activation_patching",
+    "headscope.analyzers.attribution_patching",
+    "headscope.analyzers.path_patching",
+    "headscope.analyzers.direct_logit_attribution",
+    "headscope.analyzers.successor_heads",
+    "headscope.analyzers.copying_heads",
+    "headscope.analyzers.echo_induction",
+    "headscope.analyzers.retrieval_heads",
+    "headscope.analyzers.logit_lens",
+    "headscope.analyzers.maps",
+    "headscope.analyzers.ships",
+    "headscope.analyzers.sahara",
+)
 
 
 @dataclass(frozen=True)

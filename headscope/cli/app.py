@@ -61,8 +61,11 @@ def score(
     seed: int | None = typer.Option(None, "--seed", help="random seed for the task"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, mps or auto"),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
+    device_map: str | None = typer.Option(None, "--device-map", help="accelerate placement, e.g. auto: shard over GPUs"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="task or analyzer option KEY=VALUE (repeatable)"),
     top: int = typer.Option(10, "--top", help="heads to print per metric"),
+    export_kv_policy: Path | None = typer.Option(None, "--export-kv-policy", help="write the heads to keep with a full KV cache (.json)"),
+    kv_fraction: list[str] | None = typer.Option(None, "--kv-fraction", help="METRIC=FRACTION of heads to keep for --export-kv-policy (repeatable)"),
 ) -> None:
     """Score every head of MODEL on TASK and save tidy results."""
     from headscope.analyzers import get_analyzer, run_analyzer
@@ -85,11 +88,16 @@ def score(
     out = _check_output(out, ".parquet", "--out")
     if plot is not None:
         plot = _check_output(plot, ".html", "--plot")
+    if export_kv_policy is not None:
+        from headscope.analyzers import kv_policy
+
+        export_kv_policy = _check_output(export_kv_policy, ".json", "--export-kv-policy")
+        fractions = kv_policy.parse_fractions(kv_fraction)
     task_obj = make_task(task, **task_kw)
 
     t0 = time.perf_counter()
     with console.status(f"loading {model} ...", spinner="dots"):
-        loaded = load_model(model, device=device, dtype=dtype)
+        loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
     console.print(f"[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
     t1 = time.perf_counter()
     scores = run_analyzer(analyzer_name, loaded, task_obj, **analyzer_kw)
@@ -97,6 +105,8 @@ def score(
     console.print(top_table(scores, k=top))
     scores.to_parquet(out)
     console.print(f"wrote {out}")
+    if export_kv_policy is not None:
+        console.print(f"wrote {kv_policy.export_kv_policy(scores, export_kv_policy, fractions)}")
     if plot is not None:
         from headscope.plots import head_heatmap, save_html
         from headscope.plots.figures import all_metric_heatmaps
@@ -160,6 +170,16 @@ def tasks() -> None:
     for a in ANALYZERS.values():
         table.add_row(a.name, ", ".join(a.tasks) or "any", ", ".join(a.options()), a.summary)
     console.print(table)
+
+
+from headscope.cli.ablate import register as _register_ablate  # noqa: E402
+from headscope.cli.compare import register as _register_compare  # noqa: E402
+from headscope.cli.report import register as _register_report  # noqa: E402
+from headscope.cli.run import register as _register_run  # noqa: E402
+
+_register_ablate(app)
+for _register in (_register_report, _register_run, _register_compare):
+    _register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

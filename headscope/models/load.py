@@ -112,7 +112,7 @@ def _state_dict_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _from_dir(directory: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+def _from_dir(directory: Path, dtype: torch.dtype, device_map: str | dict | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (directory / "config.json").exists():
@@ -121,7 +121,8 @@ def _from_dir(directory: Path, dtype: torch.dtype) -> tuple[Any, Any]:
             "a .gguf file, a hub id or an alias (see `headscope models`)."
         )
     tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True)
+    placement = {"device_map": device_map} if device_map is not None else {}  # accelerate shards
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype, local_files_only=True, **placement)
     return model, tokenizer
 
 
@@ -165,7 +166,10 @@ def _quiet_transformers() -> None:
 def _boot(name: str, hf_model: Any, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    if getattr(hf_model, "hf_device_map", None):  # placed by accelerate: do not move it
+        hf_model, device = hf_model.eval(), None
+    else:
+        hf_model = hf_model.to(device=device, dtype=dtype).eval()
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
@@ -177,8 +181,34 @@ def load_model(
     spec: str = "smollm2-135m",
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> Model:
     """Load a model by spec and wrap it for tracing.
+
+    Args:
+        spec: alias, ``toy-*`` name, ``.gguf`` path, local directory or hub id.
+        device: ``cpu`` (default), ``cuda``, ``cuda:1``, ``mps`` or ``auto``.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+        device_map: Hugging Face accelerate placement (``"auto"``, ``"balanced"`` or a dict
+            module -> device), passed to ``from_pretrained`` for alias/GGUF/directory/hub models
+            so a model too large for one GPU is sharded across GPUs; ``device`` is then ignored
+            and ``Model.device`` is the embedding's device (see docs/devices.md).
+    """
+    if device_map is not None and str(spec).startswith("toy-"):
+        raise HeadscopeError("device_map applies to models loaded from files or the hub, not toy models.")
+    model = _load_model(spec, device, dtype, device_map)
+    if device_map is not None:
+        model.device = str(model.bridge.cfg.device)
+    return model
+
+
+def _load_model(
+    spec: str,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    device_map: str | dict[str, Any] | None,
+) -> Model:
+    """:func:`load_model` without the device_map bookkeeping.
 
     Args:
         spec: alias, ``toy-*`` name, ``.gguf`` path, local directory or hub id.
@@ -218,11 +248,11 @@ def load_model(
         gguf = alias.find_local()
         if gguf is not None:
             directory, sha = _load_gguf_dir(gguf)
-            model, tok = _from_dir(directory, torch_dtype)
+            model, tok = _from_dir(directory, torch_dtype, device_map)
             bridge = _boot(str(directory), model, tok, dev, torch_dtype)
             return Model(bridge, bridge.tokenizer, spec, "gguf", sha, dev, torch_dtype, summary=alias.summary)
         directory = _hub_snapshot(alias.hub_id, hint=alias.install_hint)
-        model, tok = _from_dir(directory, torch_dtype)
+        model, tok = _from_dir(directory, torch_dtype, device_map)
         bridge = _boot(str(directory), model, tok, dev, torch_dtype)
         return Model(bridge, bridge.tokenizer, spec, "hub", _dir_weights_hash(directory), dev, torch_dtype, summary=alias.summary)
 
@@ -236,10 +266,10 @@ def load_model(
                     f"{path} is a file but not a .gguf: pass a .gguf file or a model directory."
                 )
             directory, sha = _load_gguf_dir(path)
-            model, tok = _from_dir(directory, torch_dtype)
+            model, tok = _from_dir(directory, torch_dtype, device_map)
             bridge = _boot(str(directory), model, tok, dev, torch_dtype)
             return Model(bridge, bridge.tokenizer, spec, "gguf", sha, dev, torch_dtype)
-        model, tok = _from_dir(path, torch_dtype)
+        model, tok = _from_dir(path, torch_dtype, device_map)
         bridge = _boot(str(path), model, tok, dev, torch_dtype)
         return Model(bridge, bridge.tokenizer, spec, "dir", _dir_weights_hash(path), dev, torch_dtype)
 
@@ -249,7 +279,7 @@ def load_model(
             "See `headscope models`."
         )
     directory = _hub_snapshot(spec)
-    model, tok = _from_dir(directory, torch_dtype)
+    model, tok = _from_dir(directory, torch_dtype, device_map)
     bridge = _boot(str(directory), model, tok, dev, torch_dtype)
     return Model(bridge, bridge.tokenizer, spec, "hub", _dir_weights_hash(directory), dev, torch_dtype)
 

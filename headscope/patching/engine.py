@@ -16,7 +16,7 @@ one forward pass per head (TransformerLens ``patching.get_act_patch_attn_head_ou
    for the duration of the call (the bridge then injects the cached residual into block
    ``l``; rotary embeddings and the causal mask are computed by HF exactly as in a full run,
    from absolute positions ``0..pos-1``).
-3. **Cheap unembedding.** A hook on ``ln_final.hook_in`` keeps only each row's metric
+3. **Cheap unembedding.** A hook on ``unembed.hook_in`` keeps only each row's metric
    position, so the final norm and ``W_U`` run on ``rows`` vectors instead of
    ``rows * pos`` (RMSNorm/LayerNorm act per position, so this is exact up to matmul
    blocking, ~1e-5 in float32).
@@ -201,7 +201,7 @@ class PatchEngine:
         pos_len = int(inp.shape[1])
         all_hooks = list(hooks)
         if stop_at_layer is None:
-            all_hooks.append(("ln_final.hook_in", self._gather_hook(k, pos_len)))
+            all_hooks.append(("unembed.hook_in", self._gather_hook(k, pos_len)))
         if from_tokens:
             out = self.bridge.run_with_hooks(inp, fwd_hooks=all_hooks, stop_at_layer=stop_at_layer)
         else:

@@ -62,4 +62,13 @@ def make_task(name: str, **params: Any) -> Any:
 
 def _ensure_loaded() -> None:
     """Import the modules that register built-in tasks."""
+    import headscope.tasks.corpus  # noqa: F401
+    import headscope.tasks.facts  # noqa: F401
+    import headscope.tasks.induction_contrast  # noqa: F401
+    import headscope.tasks.ioi  # noqa: F401
+    import headscope.tasks.needle  # noqa: F401
+    import headscope.tasks.relations  # noqa: F401
     import headscope.tasks.repeated_tokens  # noqa: F401
+    import headscope.tasks.safety_requests  # noqa: F401
+    import headscope.tasks.succession  # noqa: F401
+    import headscope.tasks.user_file  # noqa: F401

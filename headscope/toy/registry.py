@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from headscope.toy import copying, gqa, induction, successor
+from headscope.toy import copying, gqa, induction, refusal, successor
 
 __all__ = ["TOY_MODELS", "ToySpec", "build_toy", "toy_names"]
 
@@ -67,6 +67,12 @@ TOY_MODELS: dict[str, ToySpec] = {
             summary="seeded-random 2-layer Llama with GQA: 4 query heads share 2 KV heads",
             planted=gqa.PLANTED,
             build=gqa.build_gqa,
+        ),
+        ToySpec(
+            name=refusal.NAME,
+            summary="hand-set 2-layer GPT-2: refusal head 1.1 attends to a trigger word and writes a 'refuse' logit",
+            planted=refusal.PLANTED,
+            build=refusal.build_refusal,
         ),
     )
 }

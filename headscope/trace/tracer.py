@@ -161,6 +161,7 @@ def trace(
 
         def hook(tensor: torch.Tensor, hook: Any) -> None:
             fired[name] += 1
+            state["pending"].discard(name)
             ctx = ReduceContext(layer, tuple(head_list), state["tokens"], state["cache"])
             for act, what in wants[name]:
                 value = select(act, tensor.detach(), layer)
@@ -168,6 +169,8 @@ def trace(
                     red_chunks[(what.name, layer)].append(what.fn(value, ctx))
                 else:
                     chunks[(act, layer)].append(value.clone())
+            if stop_early and not state["pending"]:
+                raise StopAtLayerException(None)
             return None
 
         return hook
@@ -176,7 +179,12 @@ def trace(
     n = int(tokens.shape[0])
     step = n if not batch_size else max(1, int(batch_size))
     starts = list(range(0, n, step))
-    stop_at = None if keep_logits or max(layer_list) + 1 >= model.n_layers else max(layer_list) + 1
+    # Without logits, end the forward pass as soon as the last wanted hook of the batch has
+    # fired: later blocks and the (d_vocab-wide) unembedding are never computed. The bridge's
+    # own stop_at_layer ignores stop_at_layer == n_layers, so we raise its exception ourselves.
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    stop_early = not keep_logits
     label = progress if isinstance(progress, str) else "tracing"
     bridge = model.bridge
     from headscope.interventions.base import intervention_hooks
@@ -188,6 +196,7 @@ def trace(
             batch = tokens[start : start + step].to(model.device)
             state["tokens"] = batch
             state["cache"] = {}
+            state["pending"] = set(wants)
             kwargs: dict[str, Any] = {}
             if attention_mask is not None:
                 kwargs["attention_mask"] = attention_mask[start : start + step].to(model.device)
@@ -196,7 +205,6 @@ def trace(
                 batch,
                 fwd_hooks=edits + fwd_hooks,
                 return_type="logits" if keep_logits else None,
-                stop_at_layer=stop_at,
                 **kwargs,
             )
             if keep_logits:

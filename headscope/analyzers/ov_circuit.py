@@ -1,0 +1,136 @@
+"""The effective OV circuit of a head, shared by the successor and copying scorers.
+
+For a token ``t`` and a head ``(L, h)`` the effective OV circuit (Gould et al. 2023,
+"Successor Heads: Recurring, Interpretable Attention Heads In The Wild", Sec. 2) is::
+
+    logits(t) = W_U^T . W_OV^h . e(t)        shape (d_vocab,)  (or the selected output tokens)
+
+where ``e(t)`` is an *effective embedding* of ``t`` and ``W_OV^h = W_V^{kv(h)} W_O^h``.
+
+Effective-embedding recipes (``EMBEDDING_RECIPES``), all ignoring layer-0 attention:
+
+- ``"mlp0"``: ``MLP0(LN2_0(W_E[t]))`` -- the first MLP's output alone (Gould et al.'s choice);
+- ``"embed_mlp0"``: ``W_E[t] + MLP0(LN2_0(W_E[t]))`` -- the residual after block 0 without
+  attention (what a later head actually reads);
+- ``"embed"``: ``W_E[t]`` -- the raw embedding (the classic OV circuit of Elhage et al. 2021).
+
+``ln=True`` applies, as in the forward pass: block 0's ``ln2`` before MLP0, the head's own
+block ``ln1`` before ``W_V`` and the final norm's elementwise weight before ``W_U`` (the final
+norm's per-token scale and any bias are dropped: a positive per-input scale does not change
+rankings, and a bias would add the same offset for every input token). ``ln=False`` uses the raw
+vectors everywhere (MLP0 still receives ``W_E[t]``). Attention biases (``b_V``, ``b_O``) are
+excluded. Positional embeddings (GPT-2) are not added.
+
+GQA: bridge ``W_V`` holds only the KV heads (``(n_kv_heads, d_model, d_head)``); query head
+``h`` reads KV head ``model.kv_head(h)`` (HF ``repeat_kv`` order), and ``W_O`` is per query head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from headscope.errors import HeadscopeError
+
+EMBEDDING_RECIPES: tuple[str, ...] = ("mlp0", "embed_mlp0", "embed")
+
+
+def _check_recipe(recipe: str) -> None:
+    if recipe not in EMBEDDING_RECIPES:
+        from headscope.errors import suggest
+
+        raise HeadscopeError(
+            f"unknown effective_embedding '{recipe}'.{suggest(recipe, EMBEDDING_RECIPES)} "
+            f"Choose from {', '.join(EMBEDDING_RECIPES)}."
+        )
+
+
+def _norm_weight(module: Any) -> torch.Tensor | None:
+    """The elementwise weight of a (bridge-wrapped) LayerNorm/RMSNorm, or None."""
+    inner = getattr(module, "_original_component", module)
+    w = getattr(inner, "weight", None)
+    return None if w is None else w.detach()
+
+
+def w_v(model: Any, layer: int) -> torch.Tensor:
+    """Value weights per KV head, (n_kv_heads, d_model, d_head), checked against the config."""
+    wv = model.bridge.blocks[layer].attn.W_V.detach()
+    if wv.shape[0] not in (model.n_kv_heads, model.n_heads):
+        raise HeadscopeError(f"unexpected W_V shape {tuple(wv.shape)} at layer {layer}.")
+    return wv
+
+
+def ov_weights(model: Any, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W_V, W_O)`` of query head ``head``: (d_model, d_head) and (d_head, d_model).
+
+    Under GQA ``W_V`` is the one of the head's KV group, ``model.kv_head(head)``.
+    """
+    wv = w_v(model, layer)
+    kv = model.kv_head(head) if wv.shape[0] == model.n_kv_heads else head
+    return wv[kv], model.bridge.blocks[layer].attn.W_O[head].detach()
+
+
+def effective_embedding(model: Any, token_ids: Sequence[int] | torch.Tensor, recipe: str = "mlp0", ln: bool = True) -> torch.Tensor:
+    """Effective embeddings of ``token_ids``: (n_tokens, d_model). See the module docstring."""
+    _check_recipe(recipe)
+    bridge = model.bridge
+    ids = torch.as_tensor(list(token_ids) if not torch.is_tensor(token_ids) else token_ids, dtype=torch.long)
+    with torch.inference_mode():
+        emb = bridge.W_E.detach()[ids.to(bridge.W_E.device)]  # (n, d_model)
+        if recipe == "embed":
+            return emb.clone()
+        block0 = bridge.blocks[0]
+        x = block0.ln2(emb.unsqueeze(0)) if ln else emb.unsqueeze(0)
+        mlp = block0.mlp(x)[0]
+        return mlp if recipe == "mlp0" else emb + mlp
+
+
+def ov_logits(
+    model: Any,
+    layer: int,
+    head: int,
+    emb: torch.Tensor,
+    out_ids: Sequence[int] | torch.Tensor | None = None,
+    ln: bool = True,
+) -> torch.Tensor:
+    """``W_U^T W_OV^h e`` for each effective embedding row: (n_tokens, n_out).
+
+    Args:
+        emb: (n_tokens, d_model) effective embeddings.
+        out_ids: output tokens to score (default: the whole vocabulary).
+        ln: apply the head's ``ln1`` to ``emb`` and the final norm's weight before ``W_U``.
+    """
+    return next(iter_ov_logits(model, emb, out_ids, ln, heads=[(layer, head)]))[2]
+
+
+def iter_ov_logits(
+    model: Any,
+    emb: torch.Tensor,
+    out_ids: Sequence[int] | torch.Tensor | None = None,
+    ln: bool = True,
+    heads: Sequence[tuple[int, int]] | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield ``(layer, head, logits (n_tokens, n_out))`` for every head (or ``heads``).
+
+    The unembedding is folded per head as ``(W_O^h * w_final) W_U`` (d_head, n_out), so the cost
+    per head is O(d_head * d_model * n_out + n_tokens * d_head * n_out), never a
+    (n_tokens, d_model, d_vocab) product.
+    """
+    bridge = model.bridge
+    with torch.inference_mode():
+        w_u = bridge.W_U.detach()
+        if out_ids is not None:
+            w_u = w_u[:, torch.as_tensor(list(out_ids) if not torch.is_tensor(out_ids) else out_ids, dtype=torch.long)]
+        w_final = _norm_weight(bridge.ln_final) if ln else None
+        if w_final is not None:
+            w_u = w_final.unsqueeze(1) * w_u
+        wanted = heads if heads is not None else [(lay, h) for lay in range(model.n_layers) for h in range(model.n_heads)]
+        normed: dict[int, torch.Tensor] = {}
+        for layer, head in wanted:
+            if layer not in normed:
+                normed = {layer: bridge.blocks[layer].ln1(emb.unsqueeze(0))[0] if ln else emb}
+            wv, wo = ov_weights(model, layer, head)
+            v = normed[layer] @ wv  # (n, d_head)
+            yield layer, head, v @ (wo @ w_u)

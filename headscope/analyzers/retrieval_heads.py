@@ -1,0 +1,237 @@
+"""Retrieval heads (Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context
+Factuality"), with the query-masking causal check.
+
+Retrieval score. Run the ``needle`` task with greedy decoding. At each step the model emits
+token ``y``; a query head *copies* when its top-1 attention from the current (last) query lands
+inside the needle span on a token equal to ``y``. A head's score on one trial is the number of
+distinct needle positions it copied divided by the needle's length in tokens (the paper's
+``|g_h ∩ k| / |k|``). Only trials whose answer recalls the needle (ROUGE-1 recall > 0.5,
+:func:`rouge1_recall`) count; the ``retrieval`` score is the mean over those trials. Heads are
+scored per query head (under GQA the pattern is per query head already).
+
+Memory: each decoding step is one traced forward pass whose only capture is the last query
+row's argmax per head (a tracer reducer); no attention pattern is cached, so peak memory is one
+layer's eager attention plus the logits. No KV cache is used: each step reruns the prompt
+(simple and exact, slower; keep contexts modest on CPU).
+
+Causal check (``check_masking=True``): rerun the task with the top ``mask_k`` retrieval heads
+masked versus ``mask_k`` random non-retrieval heads (score <= ``threshold``), for
+``n_random`` seeds, and report needle accuracy (fraction of trials with ROUGE-1 recall > 0.5)
+for each. Masking is :class:`headscope.interventions.MaskQuery` with ``scale=0``: the head's
+query is zeroed, so its attention becomes uniform over the causal window (as in the paper).
+Results go into the provenance under ``causal_check``.
+
+Choices (recorded in provenance): greedy decoding; stop at EOS / end-of-turn, at the first
+token that ends a sentence or line (the prompt asks for one sentence), or after
+``max_new_tokens`` (default: needle length + 8); ROUGE reference (the needle sentence, as in the
+paper, or the answer phrase -- the default, see ``rouge_reference``); distinct-position counting; threshold 0.1 for "retrieval head".
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+
+from headscope.analyzers.registry import register_analyzer
+from headscope.errors import HeadscopeError
+from headscope.interventions import MaskQuery
+from headscope.progress import progress_bar
+from headscope.results import HeadScores, build_provenance
+from headscope.trace import last_query_argmax, trace
+
+Head = tuple[int, int]
+
+
+def rouge1_recall(response: str, reference: str) -> float:
+    """ROUGE-1 recall: clipped unigram overlap / reference unigrams (lower-cased ``\\w+`` words)."""
+    ref = Counter(re.findall(r"\w+", reference.lower()))
+    got = Counter(re.findall(r"\w+", response.lower()))
+    total = sum(ref.values())
+    return sum(min(n, got[w]) for w, n in ref.items()) / total if total else 0.0
+
+
+def _stop_ids(tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    for text in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(text)
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
+            ids.add(tid)
+    return {i for i in ids if i is not None}
+
+
+def _ends_sentence(piece: str) -> bool:
+    """True for a token that ends a sentence or a line (``.``, ``!``, ``?`` or a newline)."""
+    return "\n" in piece or piece.rstrip().rstrip("\"')").endswith((".", "!", "?"))
+
+
+def greedy_decode(
+    model: Any,
+    trial: Any,
+    max_new_tokens: int,
+    interventions: tuple[Any, ...] = (),
+    score: bool = True,
+    sentence_end: bool = True,
+) -> tuple[str, np.ndarray | None]:
+    """Greedily decode one trial; optionally score copy events per head.
+
+    Returns:
+        ``(response text, copied)`` where ``copied`` is a (n_layers, n_heads) array of distinct
+        needle positions each head copied (None when ``score`` is False).
+    """
+    ids = trial.tokens
+    start, end = trial.needle_span
+    stops = _stop_ids(model.tokenizer)
+    copied: list[list[set[int]]] = [[set() for _ in range(model.n_heads)] for _ in range(model.n_layers)]
+    out: list[int] = []
+    reducers = [last_query_argmax("top1")] if score else []
+    for _ in range(max_new_tokens):
+        tr = trace(model, ids, reducers=reducers, keep_logits=True, interventions=interventions)
+        y = int(tr.logits[0, -1].argmax())
+        if y in stops:
+            break
+        if score:
+            top = tr.reduced("top1")[0].cpu()  # (layer, head) key positions
+            inside = (top >= start) & (top < end)
+            for layer, head in inside.nonzero().tolist():
+                p = int(top[layer, head])
+                if int(ids[0, p]) == y:
+                    copied[layer][head].add(p)
+        out.append(y)
+        ids = torch.cat([ids, torch.tensor([[y]], dtype=ids.dtype)], dim=1)
+        if sentence_end and _ends_sentence(model.tokenizer.decode([y])):
+            break
+    counts = np.array([[len(s) for s in row] for row in copied], dtype=float) if score else None
+    return model.tokenizer.decode(out, skip_special_tokens=True), counts
+
+
+def needle_accuracy(model: Any, trials: list[Any], max_new: list[int], reference: str,
+                    interventions: tuple[Any, ...] = (), progress: bool = False, label: str = "needle") -> float:
+    """Fraction of trials answered (ROUGE-1 recall > 0.5) under ``interventions``."""
+    ok = 0
+    for trial, n_new in progress_bar(list(zip(trials, max_new, strict=True)), label, enabled=progress):
+        text, _ = greedy_decode(model, trial, n_new, interventions, score=False)
+        ok += rouge1_recall(text, trial.needle if reference == "needle" else trial.answer) > 0.5
+    return ok / max(1, len(trials))
+
+
+@register_analyzer(
+    "retrieval_heads",
+    summary="retrieval score (Wu et al. 2024): copy-paste attention from the needle during greedy decoding",
+    tasks=("needle",),
+)
+def retrieval_heads(
+    model: Any,
+    task: Any,
+    threshold: float = 0.1,
+    rouge_reference: str = "answer",
+    max_new_tokens: int | None = None,
+    check_masking: bool = False,
+    mask_k: int = 10,
+    n_random: int = 3,
+    seed: int = 0,
+    progress: bool = False,
+) -> HeadScores:
+    """Retrieval score of every query head, optionally with the masking causal check.
+
+    Args:
+        threshold: a head with score above it is a retrieval head (summary and masking pool).
+        rouge_reference: ``answer`` (default: the answer phrase) or ``needle`` (the whole needle
+            sentence, as in the paper; with our needles a wrong answer that repeats the question
+            can pass it, e.g. "The password for the old garden shed is a dictionary." has
+            recall 0.8, so it is not the default).
+        max_new_tokens: decoding budget per trial (default: needle tokens + 8).
+        check_masking: run the causal check (top ``mask_k`` vs random heads, ``n_random`` seeds).
+        seed: seed of the random head draws.
+        progress: show progress bars.
+
+    Returns:
+        HeadScores with metric ``retrieval`` (``n`` = counted trials); the summary (fraction of
+        heads above ``threshold``, trial accuracy) and the causal check are in the provenance.
+    """
+    if rouge_reference not in ("needle", "answer"):
+        raise HeadscopeError("rouge_reference must be 'needle' or 'answer'.")
+    trials = task.trials(model)
+    budgets = [max_new_tokens or (t.needle_span[1] - t.needle_span[0] + 8) for t in trials]
+    shape = (model.n_layers, model.n_heads)
+    total = np.zeros(shape)
+    records = []
+    for trial, n_new in progress_bar(list(zip(trials, budgets, strict=True)), "retrieval", enabled=progress):
+        text, copied = greedy_decode(model, trial, n_new)
+        reference = trial.needle if rouge_reference == "needle" else trial.answer
+        recall = rouge1_recall(text, reference)
+        counted = recall > 0.5
+        if counted:
+            total += copied / (trial.needle_span[1] - trial.needle_span[0])
+        records.append({"context_len": trial.context_len, "depth": trial.depth, "needle": trial.needle,
+                        "response": text, "rouge1_recall": round(recall, 4), "counted": bool(counted)})
+    n_counted = sum(r["counted"] for r in records)
+    scores = total / n_counted if n_counted else total
+    summary = {
+        "n_trials": len(trials),
+        "n_counted": n_counted,
+        "accuracy": n_counted / max(1, len(trials)),
+        f"fraction_heads_above_{threshold}": float((scores > threshold).mean()),
+        "n_heads_above_threshold": int((scores > threshold).sum()),
+    }
+    causal = None
+    if check_masking:
+        causal = masking_check(model, trials, budgets, scores, mask_k, n_random, threshold, seed,
+                               rouge_reference, progress, base_accuracy=summary["accuracy"])
+    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    provenance = build_provenance(
+        model,
+        task=task.describe(),
+        analyzer="retrieval_heads",
+        options={"threshold": threshold, "rouge_reference": rouge_reference, "max_new_tokens": max_new_tokens,
+                 "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed},
+        choices={
+            "decoding": "greedy, no KV cache (each step reruns the prompt), stop at EOS/end-of-turn, at a token "
+            "ending a sentence or line, or after max_new_tokens",
+            "copy_event": "top-1 attention of the last query inside the needle span on a token equal to "
+            "the emitted token; distinct needle positions per head / needle length",
+            "counted_trials": f"ROUGE-1 recall vs the {rouge_reference} > 0.5",
+            "gqa": "per query head",
+            "memory": "last query row argmax via tracer reducer; no pattern cached",
+            "summary": summary,
+            "trials": records,
+            "causal_check": causal,
+        },
+        seed=seed,
+    )
+    return HeadScores.from_matrix(scores, model=model.spec, task=task.name, analyzer="retrieval_heads",
+                                  metric="retrieval", extra={"n": n_counted, "kv_head": kv}, provenance=provenance)
+
+
+def masking_check(model: Any, trials: list[Any], budgets: list[int], scores: np.ndarray, k: int, n_random: int,
+                  threshold: float, seed: int, reference: str, progress: bool,
+                  base_accuracy: float | None = None) -> dict[str, Any]:
+    """Needle accuracy with the top-k retrieval heads masked vs k random non-retrieval heads."""
+    order = np.argsort(-scores, axis=None, kind="stable")
+    top: list[Head] = [tuple(int(x) for x in np.unravel_index(i, scores.shape)) for i in order[:k]]  # type: ignore[misc]
+    pool = [(lay, h) for lay in range(model.n_layers) for h in range(model.n_heads)
+            if scores[lay, h] <= threshold and (lay, h) not in top]
+    if len(pool) < k:
+        raise HeadscopeError(f"only {len(pool)} non-retrieval heads to draw {k} random heads from: lower mask_k.")
+    if base_accuracy is None:
+        base_accuracy = needle_accuracy(model, trials, budgets, reference, (), progress, "unmasked")
+    top_acc = needle_accuracy(model, trials, budgets, reference, (MaskQuery(top, scale=0.0),), progress, "top-k masked")
+    random_runs = []
+    for s in range(n_random):
+        gen = torch.Generator().manual_seed(seed + s)
+        pick = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:k].tolist()]
+        acc = needle_accuracy(model, trials, budgets, reference, (MaskQuery(pick, scale=0.0),), progress,
+                              f"random masked {s}")
+        random_runs.append({"seed": seed + s, "heads": [f"{a}.{b}" for a, b in pick], "accuracy": acc})
+    return {
+        "masking": "MaskQuery(scale=0): query zeroed, uniform attention",
+        "k": k,
+        "unmasked_accuracy": base_accuracy,
+        "top_k_heads": [f"{a}.{b}" for a, b in top],
+        "top_k_accuracy": top_acc,
+        "random": random_runs,
+        "random_mean_accuracy": float(np.mean([r["accuracy"] for r in random_runs])) if random_runs else None,
+    }

@@ -1,0 +1,57 @@
+"""``headscope compare RUN1 RUN2 [--out diff.html]``: diff two results head by head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``compare`` command to the CLI app."""
+
+    @app.command()
+    def compare(
+        run_a: Path = typer.Argument(..., help="results A (.parquet)"),
+        run_b: Path = typer.Argument(..., help="results B (.parquet)"),
+        out: Path | None = typer.Option(None, "--out", help="write the comparison figure and tables (.html)"),
+        metric_a: str | None = typer.Option(None, "--metric-a", help="metric of A (default: every shared metric)"),
+        metric_b: str | None = typer.Option(None, "--metric-b", help="metric of B"),
+        top: int = typer.Option(10, "--top", help="k for the top-k overlap and the rows printed"),
+        csv: Path | None = typer.Option(None, "--csv", help="also write the aligned per-head table (.csv)"),
+    ) -> None:
+        """Compare two results (two models, tasks or seeds): rank correlation, top-k overlap, diffs."""
+        from rich.table import Table
+
+        from headscope.cli.app import _check_output
+        from headscope.cli.display import console
+        from headscope.report.compare import compare_results
+        from headscope.results import read_parquet
+
+        if out is not None:
+            out = _check_output(out, ".html", "--out")
+        a, b = read_parquet(run_a), read_parquet(run_b)
+        cmp = compare_results(a, b, metric_a=metric_a, metric_b=metric_b, k=top)
+        console.print(f"A = {run_a} ({cmp.name_a})\nB = {run_b} ({cmp.name_b})")
+        table = Table(title="agreement per metric")
+        for col in cmp.summary.columns:
+            table.add_column(str(col), overflow="fold")
+        for row in cmp.summary.itertuples(index=False):
+            table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+        console.print(table)
+        diffs = cmp.table.dropna(subset=["diff"])
+        biggest = diffs.reindex(diffs["diff"].abs().sort_values(ascending=False).index).head(top)
+        t2 = Table(title=f"largest differences (B - A), top {top}")
+        for col in ("metric", "head", "score A", "score B", "B - A", "rank A", "rank B"):
+            t2.add_column(col, justify="left" if col in ("metric", "head") else "right")
+        for r in biggest.itertuples():
+            t2.add_row(r.metric, r.label, f"{r.score_a:.4f}", f"{r.score_b:.4f}", f"{r.diff:+.4f}",
+                       f"{r.rank_a:.0f}", f"{r.rank_b:.0f}")
+        console.print(t2)
+        if csv is not None:
+            cmp.table.to_csv(_check_output(csv, ".csv", "--csv"), index=False)
+            console.print(f"wrote {csv}")
+        if out is not None:
+            from headscope.report.compare import write_comparison_html
+
+            console.print(f"wrote {write_comparison_html(cmp, out)}")

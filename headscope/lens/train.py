@@ -1,0 +1,183 @@
+"""Train per-head lenses (Sakarvadia et al. 2023, "Attention Lens") with KL to the model's output.
+
+Objective, per head ``h`` and token position ``t`` of a text corpus (:mod:`headscope.tasks.corpus`)::
+
+    KL( p_model(. | x_<=t) || softmax(lens_h(r_h,t)) )
+
+with ``p_model`` the model's final next-token distribution and ``r_h,t`` the head's output
+(normalised by the residual's final-norm scale, :mod:`headscope.lens.store`). The loss is the
+mean over heads and sampled positions. Head outputs, scales and the final norm's output are
+cached for all corpus windows once; each step samples ``batch_tokens`` positions with a
+generator seeded by ``(seed, step)``, so a resumed run sees the same batches as an uninterrupted
+one.
+
+Optimiser: Adam (``lr``). Checkpoints: every ``checkpoint_every`` steps to
+``checkpoint_dir/lens-step{N}.safetensors`` (lens tensors, Adam moments as ``opt.*`` tensors,
+``step`` in the metadata); ``resume=True`` continues from the newest checkpoint there.
+
+Evaluation (:func:`heldout_kl`): the same KL on the held-out windows, for the trained lens and
+for the training-free lens (``ln="residual"``, which is the trained lens at initialisation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headscope.errors import HeadscopeError
+from headscope.lens.core import final_logits, head_vectors, lens_logits, normalise
+from headscope.lens.store import HeadLens, head_key, read_lens_file
+from headscope.progress import progress_bar
+from headscope.trace.stream import capture_stream
+
+Head = tuple[int, int]
+
+
+@dataclass
+class LensData:
+    """Cached inputs for a set of windows: normalised head inputs and the teacher's final-norm output.
+
+    Attributes:
+        x: (n_tokens, n_heads, d_model) head outputs divided by the residual's final-norm scale.
+        raw: (n_tokens, n_heads, d_model) raw head outputs.
+        scale: (n_tokens, 1) residual final-norm scales.
+        teacher: (n_tokens, d_model) ``ln_final.hook_normalized`` (the model's logits follow).
+    """
+
+    x: torch.Tensor
+    raw: torch.Tensor
+    scale: torch.Tensor
+    teacher: torch.Tensor
+
+
+def collect(model: Any, windows: torch.Tensor, heads: Sequence[Head], batch_size: int = 8, skip_bos: bool = True) -> LensData:
+    """Run the corpus windows once and cache what training needs (BOS positions dropped)."""
+    vecs, scale = head_vectors(model, windows, heads, batch_size=batch_size)
+    normed = capture_stream(model, windows, ["ln_final.hook_normalized"], batch_size=batch_size)["ln_final.hook_normalized"]
+    start = 1 if skip_bos and model.prepend_bos and model.bos_token_id is not None and bool((windows[:, 0] == model.bos_token_id).all()) else 0
+    raw = vecs[:, start:].reshape(-1, len(heads), vecs.shape[-1])
+    sc = scale[:, start:].reshape(-1, 1)
+    x = normalise(model, raw, "residual", sc.unsqueeze(-2))
+    return LensData(x=x, raw=raw, scale=sc, teacher=normed[:, start:].reshape(-1, normed.shape[-1]))
+
+
+def kl_to_teacher(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) over rows; teacher log-probs and student logits (n, d_vocab)."""
+    return (teacher_logp.exp() * (teacher_logp - student_logits.log_softmax(-1))).sum(-1).mean()
+
+
+def _checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for p in directory.glob("lens-step*.safetensors"):
+        m = re.fullmatch(r"lens-step(\d+)\.safetensors", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _save_checkpoint(lens: HeadLens, opt: torch.optim.Adam, step: int, directory: Path, meta: dict[str, Any]) -> Path:
+    extra: dict[str, torch.Tensor] = {}
+    names = dict(lens.params.named_parameters())
+    for name, p in names.items():
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                extra[f"opt.{name}.{key}"] = state[key].detach().contiguous().cpu()
+    return lens.save(directory / f"lens-step{step}.safetensors", extra, {**meta, "step": str(step)})
+
+
+def _restore(lens: HeadLens, opt: torch.optim.Adam, path: Path) -> int:
+    tensors, meta = read_lens_file(path)
+    if meta.get("heads") != ",".join(map(head_key, lens.heads)) or meta.get("param") != lens.param:
+        raise HeadscopeError(f"checkpoint {path} is for heads {meta.get('heads')} ({meta.get('param')}): resume with the same --heads/--param.")
+    step = int(meta["step"])
+    with torch.no_grad():
+        for name, p in lens.params.named_parameters():
+            layer, head, kind = name.split("_")
+            p.copy_(tensors[f"{layer}.{head}.{kind}"])
+            if f"opt.{name}.exp_avg" in tensors:
+                opt.state[p] = {
+                    "step": torch.tensor(float(step)),
+                    "exp_avg": tensors[f"opt.{name}.exp_avg"].clone(),
+                    "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"].clone(),
+                }
+    return step
+
+
+def train_lens(
+    model: Any,
+    heads: Sequence[Head],
+    train: LensData,
+    steps: int = 200,
+    lr: float = 1e-3,
+    batch_tokens: int = 64,
+    param: str = "factored",
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    progress: bool = False,
+    meta: dict[str, Any] | None = None,
+) -> tuple[HeadLens, list[float]]:
+    """Train lenses for ``heads``; returns ``(lens, loss per step)`` (steps run in this call).
+
+    Raises a one-line error when ``resume`` finds a checkpoint for other heads.
+    """
+    if steps < 0 or batch_tokens < 1:
+        raise HeadscopeError("steps must be >= 0 and batch_tokens >= 1.")
+    torch.manual_seed(seed)
+    lens = HeadLens(model, heads, param)
+    opt = torch.optim.Adam(lens.params.parameters(), lr=lr)
+    start = 0
+    ckdir = Path(checkpoint_dir).expanduser() if checkpoint_dir else None
+    if resume:
+        if ckdir is None:
+            raise HeadscopeError("--resume needs --checkpoint-dir.")
+        found = _checkpoints(ckdir)
+        if found:
+            start = _restore(lens, opt, found[-1][1])
+    n = train.x.shape[0]
+    losses: list[float] = []
+    meta = {**(meta or {}), "lr": lr, "batch_tokens": batch_tokens, "seed": seed, "objective": "KL(p_model || lens)"}
+    for step in progress_bar(range(start, steps), "training lens", enabled=progress, total=max(0, steps - start)):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        idx = torch.randint(0, n, (batch_tokens,), generator=gen)
+        with torch.no_grad():
+            teacher = final_logits(model, train.teacher[idx]).log_softmax(-1)
+        loss = torch.stack([kl_to_teacher(teacher, lens.head_logits(i, train.x[idx, i])) for i in range(len(lens.heads))]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        if ckdir is not None and (step + 1) % checkpoint_every == 0:
+            _save_checkpoint(lens, opt, step + 1, ckdir, meta)
+    lens.metadata.update({k: str(v) for k, v in meta.items()})
+    lens.metadata["steps"] = str(steps)
+    return lens, losses
+
+
+def heldout_kl(model: Any, lens: HeadLens, data: LensData, chunk: int = 256) -> dict[str, dict[str, float]]:
+    """Held-out KL(p_model || lens) per head for the trained and the training-free lens.
+
+    Returns:
+        ``{"L.H": {"trained": kl, "training_free": kl}}`` (nats, mean over positions).
+    """
+    out: dict[str, dict[str, float]] = {}
+    n = data.x.shape[0]
+    with torch.inference_mode():
+        for i, h in enumerate(lens.heads):
+            tot_t = tot_f = 0.0
+            for s in range(0, n, chunk):
+                sl = slice(s, min(n, s + chunk))
+                teacher = final_logits(model, data.teacher[sl]).log_softmax(-1)
+                m = sl.stop - sl.start
+                tot_t += float(kl_to_teacher(teacher, lens.head_logits(i, data.x[sl, i]))) * m
+                free = lens_logits(model, data.raw[sl, i], data.scale[sl], "residual")
+                tot_f += float(kl_to_teacher(teacher, free)) * m
+            out[head_key(h)] = {"trained": tot_t / n, "training_free": tot_f / n}
+    return out

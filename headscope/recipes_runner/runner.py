@@ -1,0 +1,257 @@
+"""Execute a recipe: resumable steps, progress, one Parquet per step, then a report.
+
+Resuming: a step is skipped when ``<out_dir>/<step id>.parquet`` exists and its provenance
+carries the same *step hash* — the SHA-256 of the model spec, dtype and the step's resolved
+analyzer, task, parameters and options (head selectors resolved to the actual heads, so a
+changed upstream result reruns its dependants). ``--force`` reruns everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headscope.errors import HeadscopeError, suggest
+from headscope.recipes_runner.spec import Recipe, Step, merge
+from headscope.results import HeadScores, read_parquet
+
+Head = tuple[int, int]
+
+
+@dataclass
+class RunResult:
+    """What a recipe run produced: step id -> Parquet path, the steps skipped, the report."""
+
+    out_dir: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    report: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a model spec (``EleutherAI/pythia-70m`` -> ``EleutherAI-pythia-70m``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def select_heads(scores: HeadScores, sel: dict[str, Any]) -> list[Head]:
+    """Heads chosen by a selector (see :mod:`headscope.recipes_runner.spec`)."""
+    from headscope.report.build import whole_head_rows
+
+    rows = whole_head_rows(scores)
+    metric = sel.get("metric") or rows.metrics[0]
+    if metric not in rows.metrics:
+        raise HeadscopeError(f"selector on step '{sel['heads_from']}': no metric '{metric}'."
+                             f"{suggest(metric, rows.metrics)} Metrics: {', '.join(rows.metrics)}.")
+    part = rows[rows["metric"] == metric].dropna(subset=["score"])
+    order = sel.get("order", "descending")
+    key = part["score"].abs() if order == "absolute" else part["score"]
+    part = part.loc[key.sort_values(ascending=order == "ascending", kind="stable").index]
+    if "threshold" in sel:
+        t = float(sel["threshold"])
+        val = part["score"].abs() if order == "absolute" else part["score"]
+        part = part[val < t] if order == "ascending" else part[val > t]
+    part = part.head(int(sel.get("k", 3)))
+    return [(int(r.layer), int(r.head)) for r in part.itertuples()]
+
+
+def heads_text(heads: list[Head]) -> str:
+    return ",".join(f"{layer}.{head}" for layer, head in heads)
+
+
+def resolve(value: Any, results: dict[str, HeadScores]) -> Any:
+    """Replace head selectors by ``"L.H,L.H" + suffix`` strings (other values unchanged)."""
+    if isinstance(value, dict) and "heads_from" in value:
+        heads = select_heads(results[value["heads_from"]], value)
+        if not heads:
+            raise HeadscopeError(f"selector on step '{value['heads_from']}' chose no heads: relax its threshold or k.")
+        return heads_text(heads) + str(value.get("suffix", ""))
+    return value
+
+
+def step_hash(model: str, dtype: str, payload: dict[str, Any]) -> str:
+    """SHA-256 of what determines a step's result."""
+    text = json.dumps({"model": model, "dtype": dtype, **payload}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def classify(step: Step, results: dict[str, HeadScores], recipe_name: str) -> HeadScores:
+    """Head classes from earlier results: each rule's heads get its class (earlier rules win).
+
+    Returns HeadScores with metric ``head_class`` (score 1 classified, 0 not; ``head_class``
+    column the class name or ``""``) over the layer x head grid of the referenced results.
+    """
+    refs = [results[r["heads_from"]] for r in step.classify]
+    n_layers = max(int(s["layer"].max()) for s in refs) + 1
+    n_heads = max(int(s["head"].max()) for s in refs) + 1
+    names = np.full((n_layers, n_heads), "", dtype=object)
+    chosen: list[dict[str, Any]] = []
+    for rule in step.classify:
+        heads = select_heads(results[rule["heads_from"]], rule)
+        fresh = [h for h in heads if not names[h]]
+        for layer, head in fresh:
+            names[layer, head] = str(rule["class"])
+        chosen.append({**rule, "heads": heads_text(heads), "assigned": heads_text(fresh)})
+    first = refs[0]
+    prov = {"analyzer": "classify", "model": first.provenance.get("model", {}),
+            "task": first.provenance.get("task", {}),
+            "choices": {"rules": chosen, "precedence": "earlier rules win"}, "recipe": {"name": recipe_name}}
+    return HeadScores.from_matrix(
+        (names != "").astype(float), model=str(first["model"].iloc[0]), task=str(first["task"].iloc[0]),
+        analyzer="classify", metric="head_class", extra={"head_class": names}, provenance=prov,
+    )
+
+
+def check_available(recipe: Recipe) -> None:
+    """Fail fast, before loading a model, on analyzers/tasks/options this headscope lacks."""
+    from headscope.analyzers.registry import ANALYZERS, load_builtin_analyzers
+    from headscope.tasks.registry import TASKS, _ensure_loaded
+
+    load_builtin_analyzers()
+    _ensure_loaded()
+    for step in recipe.steps:
+        if step.kind != "analyzer":
+            continue
+        if step.analyzer not in ANALYZERS:
+            raise HeadscopeError(
+                f"recipe '{recipe.name}' needs analyzer '{step.analyzer}' (step '{step.id}'), which is not "
+                f"registered in this headscope.{suggest(str(step.analyzer), ANALYZERS)} Registered: "
+                f"{', '.join(sorted(ANALYZERS))}."
+            )
+        if step.task not in TASKS:
+            raise HeadscopeError(
+                f"recipe '{recipe.name}' needs task '{step.task}' (step '{step.id}'), which is not registered "
+                f"in this headscope.{suggest(str(step.task), TASKS)} Registered: {', '.join(sorted(TASKS))}."
+            )
+        info = ANALYZERS[step.analyzer]
+        bad = [k for k in step.options if k not in info.options()]
+        if bad:
+            raise HeadscopeError(f"recipe '{recipe.name}' step '{step.id}': analyzer '{step.analyzer}' has no "
+                                 f"option '{bad[0]}'.{suggest(bad[0], info.options())}")
+        params = TASKS[step.task].parameters()
+        bad = [k for k in step.task_params if k not in params]
+        if bad:
+            raise HeadscopeError(f"recipe '{recipe.name}' step '{step.id}': task '{step.task}' has no "
+                                 f"parameter '{bad[0]}'.{suggest(bad[0], params)}")
+
+
+def run_recipe(
+    recipe: Recipe,
+    model: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    device_map: str | None = None,
+    quick: bool = False,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    report: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    loaded_model: Any = None,
+) -> RunResult:
+    """Run every step of ``recipe`` (skipping up-to-date ones) and write the report.
+
+    Args:
+        recipe: from :func:`headscope.recipes_runner.load_recipe`.
+        model: model spec overriding the recipe's (e.g. ``smollm2-135m`` offline).
+        device, dtype, device_map: as :func:`headscope.load_model` (default: the recipe's).
+        quick: merge each step's ``quick`` overrides (smoke-test size, used by CI).
+        out_dir: output directory (default ``results/<recipe>/<model>[-quick]``).
+        force: rerun steps even when their Parquet file is up to date.
+        report: write ``<out_dir>/report.html``.
+        progress: pass ``progress=True`` to analyzers that take it.
+        log: where progress lines go.
+        loaded_model: an already loaded :class:`Model` for ``model`` (skips loading).
+
+    Returns:
+        A :class:`RunResult`.
+    """
+    from headscope.analyzers.registry import get_analyzer, run_analyzer
+    from headscope.tasks import make_task
+
+    check_available(recipe)
+    spec = model or recipe.model
+    dtype = dtype or recipe.dtype
+    device = device or recipe.device
+    base = recipe.outputs.get("dir") or f"results/{recipe.name}/{slug(spec)}{'-quick' if quick else ''}"
+    target = Path(out_dir or base).expanduser()
+    target.mkdir(parents=True, exist_ok=True)
+    result = RunResult(out_dir=target)
+    results: dict[str, HeadScores] = {}
+    holder: dict[str, Any] = {"model": loaded_model}
+
+    def get_model() -> Any:
+        if holder["model"] is None:
+            from headscope.models import load_model
+
+            t0 = time.perf_counter()
+            log(f"loading {spec} ...")
+            holder["model"] = load_model(spec, device=device, dtype=dtype, device_map=device_map)
+            log(f"loaded {spec} in {time.perf_counter() - t0:.1f} s")
+        return holder["model"]
+
+    n = len(recipe.steps)
+    for i, step in enumerate(recipe.steps, start=1):
+        cfg = merge({"task_params": step.task_params, "options": step.options},
+                    step.quick if quick else {})
+        path = target / f"{step.id}.parquet"
+        if step.kind == "classify":
+            rules = [{**r, "resolved": heads_text(select_heads(results[r["heads_from"]], r))} for r in step.classify]
+            payload = {"classify": rules}
+        else:
+            options = {k: resolve(v, results) for k, v in cfg["options"].items()}
+            payload = {"analyzer": step.analyzer, "task": step.task, "task_params": cfg["task_params"],
+                       "options": options}
+        digest = step_hash(spec, str(dtype), payload)
+        if path.exists() and not force:
+            try:
+                old = read_parquet(path)
+            except HeadscopeError:
+                old = None
+            if old is not None and old.provenance.get("recipe", {}).get("hash") == digest:
+                log(f"[{i}/{n}] {step.id}: up to date ({path.name}), skipped")
+                results[step.id] = old
+                result.paths[step.id] = path
+                result.skipped.append(step.id)
+                continue
+        t0 = time.perf_counter()
+        if step.kind == "classify":
+            log(f"[{i}/{n}] {step.id}: head classes from {', '.join(dict.fromkeys(r['heads_from'] for r in step.classify))}")
+            scores = classify(step, results, recipe.name)
+        else:
+            log(f"[{i}/{n}] {step.id}: {step.analyzer} on {step.task} "
+                f"{json.dumps(cfg['task_params'])} {json.dumps(options, default=str)}")
+            info = get_analyzer(str(step.analyzer))
+            if progress and "progress" in info.options():
+                options.setdefault("progress", True)
+            task = make_task(str(step.task), **cfg["task_params"])
+            scores = run_analyzer(str(step.analyzer), get_model(), task, **options)
+        scores.provenance = {**scores.provenance, "recipe": {
+            "name": recipe.name, "file": str(recipe.path), "step": step.id, "hash": digest, "quick": quick,
+            "model_override": model}}
+        scores.to_parquet(path)
+        result.seconds[step.id] = time.perf_counter() - t0
+        log(f"[{i}/{n}] {step.id}: {len(scores)} rows in {result.seconds[step.id]:.1f} s -> {path}")
+        results[step.id] = scores
+        result.paths[step.id] = path
+        result.ran.append(step.id)
+    if report:
+        from headscope.recipes_runner.figures import recipe_figures
+        from headscope.report import build_report
+
+        figs = recipe_figures(recipe, results, get_model)
+        notes = " ".join(x for x in (recipe.paper and f"Paper: {recipe.paper}.", recipe.description,
+                                     f"Model: {spec}" + (" (quick settings)." if quick else ".")) if x)
+        result.report = build_report([result.paths[s.id] for s in recipe.steps], target / "report.html",
+                                     title=f"{recipe.title} — {spec}", extra_figures=figs, notes=notes)
+        log(f"wrote {result.report}")
+    return result

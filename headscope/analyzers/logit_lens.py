@@ -89,7 +89,7 @@ def logit_lens(
         for head in range(model.n_heads):
             lg = lens_logits(model, res[:, :, head], scale, ln)  # (batch, n_pos, d_vocab)
             own = lg.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            rank = (lg > own.unsqueeze(-1)).sum(-1)
+            rank = (lg >= own.unsqueeze(-1)).sum(-1) - 1  # ties count against the target
             hit[layer, head] = float((rank < top_k).float().mean())
             logit[layer, head] = float((own - lg.mean(-1)).mean())
     common = {"model": model.spec, "task": task.name, "analyzer": "logit_lens"}
@@ -100,7 +100,7 @@ def logit_lens(
         choices={
             "ln": ln, "ln_meaning": "divide by the residual's final-norm scale" if ln == "residual" else "normalise the head vector on its own",
             "biases": "b_O, final-norm bias and b_U excluded",
-            "positions": pos.tolist(), "target": "the actual next token",
+            "positions": pos.tolist(), "target": "the actual next token (ties count against it)",
         },
     )
     return HeadScores.concat(

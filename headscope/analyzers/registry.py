@@ -30,6 +30,8 @@ _BUILTIN_MODULES = (
     "headscope.analyzers.maps",
     "headscope.analyzers.ships",
     "headscope.analyzers.sahara",
+    "headscope.analyzers.trained_lens",
+    "headscope.analyzers.select_and_copy",
 )
 
 

@@ -11,8 +11,9 @@ scored per query head (under GQA the pattern is per query head already).
 
 Memory: each decoding step is one traced forward pass whose only capture is the last query
 row's argmax per head (a tracer reducer); no attention pattern is cached, so peak memory is one
-layer's eager attention plus the logits. No KV cache is used: each step reruns the prompt
-(simple and exact, slower; keep contexts modest on CPU).
+layer's eager attention plus the logits. Decoding is incremental: the prompt is run once and each
+step feeds only the new token with the Hugging Face KV cache (``trace(..., use_cache=True)``), so
+the per-step attention row covers all keys at the cost of one token's forward pass.
 
 Causal check (``check_masking=True``): rerun the task with the top ``mask_k`` retrieval heads
 masked versus ``mask_k`` random non-retrieval heads (score <= ``threshold``), for
@@ -88,8 +89,12 @@ def greedy_decode(
     copied: list[list[set[int]]] = [[set() for _ in range(model.n_heads)] for _ in range(model.n_layers)]
     out: list[int] = []
     reducers = [last_query_argmax("top1")] if score else []
+    step_input, cache = ids, None
     for _ in range(max_new_tokens):
-        tr = trace(model, ids, reducers=reducers, keep_logits=True, interventions=interventions)
+        # incremental decoding with the KV cache: each step feeds only the newest token
+        tr = trace(model, step_input, reducers=reducers, interventions=interventions,
+                   use_cache=True, past_key_values=cache)
+        cache = tr.past_key_values
         y = int(tr.logits[0, -1].argmax())
         if y in stops:
             break
@@ -101,7 +106,8 @@ def greedy_decode(
                 if int(ids[0, p]) == y:
                     copied[layer][head].add(p)
         out.append(y)
-        ids = torch.cat([ids, torch.tensor([[y]], dtype=ids.dtype)], dim=1)
+        step_input = torch.tensor([[y]], dtype=ids.dtype)
+        ids = torch.cat([ids, step_input], dim=1)
         if sentence_end and _ends_sentence(model.tokenizer.decode([y])):
             break
     counts = np.array([[len(s) for s in row] for row in copied], dtype=float) if score else None

@@ -174,10 +174,12 @@ def tasks() -> None:
 
 from headscope.cli.ablate import register as _register_ablate  # noqa: E402
 from headscope.cli.compare import register as _register_compare  # noqa: E402
+from headscope.cli.lens import register as _register_lens  # noqa: E402
 from headscope.cli.report import register as _register_report  # noqa: E402
 from headscope.cli.run import register as _register_run  # noqa: E402
 
 _register_ablate(app)
+_register_lens(app)
 for _register in (_register_report, _register_run, _register_compare):
     _register(app)
 

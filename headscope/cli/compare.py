@@ -34,10 +34,11 @@ def register(app: typer.Typer) -> None:
         cmp = compare_results(a, b, metric_a=metric_a, metric_b=metric_b, k=top)
         console.print(f"A = {run_a} ({cmp.name_a})\nB = {run_b} ({cmp.name_b})")
         table = Table(title="agreement per metric")
-        for col in cmp.summary.columns:
-            table.add_column(str(col), overflow="fold")
-        for row in cmp.summary.itertuples(index=False):
-            table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+        for col in ("metric", "heads A/B/both", "spearman", f"top-{top} overlap", "mean |B - A|"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for row in cmp.summary.to_dict("records"):
+            table.add_row(row["metric"], f"{row['heads_a']}/{row['heads_b']}/{row['heads_both']}",
+                          f"{row['spearman']:.3f}", f"{row[f'top{top}_overlap']:.2f}", f"{row['mean_abs_diff']:.4g}")
         console.print(table)
         diffs = cmp.table.dropna(subset=["diff"])
         biggest = diffs.reindex(diffs["diff"].abs().sort_values(ascending=False).index).head(top)

@@ -21,6 +21,7 @@ for the training-free lens (``ln="residual"``, which is the trained lens at init
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ def train_lens(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if ckdir is not None and (step + 1) % checkpoint_every == 0:
             _save_checkpoint(lens, opt, step + 1, ckdir, meta)
     lens.metadata.update({k: str(v) for k, v in meta.items()})
@@ -181,3 +182,35 @@ def heldout_kl(model: Any, lens: HeadLens, data: LensData, chunk: int = 256) -> 
                 tot_f += float(kl_to_teacher(teacher, free)) * m
             out[head_key(h)] = {"trained": tot_t / n, "training_free": tot_f / n}
     return out
+
+
+def fit_and_evaluate(
+    model: Any,
+    task: Any,
+    heads: Sequence[Head],
+    steps: int = 200,
+    lr: float = 1e-3,
+    batch_tokens: int = 64,
+    param: str = "factored",
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    progress: bool = False,
+) -> tuple[HeadLens, dict[str, dict[str, float]], list[float]]:
+    """Collect the corpus task's train/eval windows, train, and measure held-out KLs.
+
+    Returns:
+        ``(lens, {"L.H": {"trained": kl, "training_free": kl}}, losses)``; the KLs are also in
+        ``lens.metadata`` (saved with the file).
+    """
+    train = collect(model, task.windows(model, "train"), heads)
+    held = collect(model, task.windows(model, "eval"), heads)
+    meta = {"corpus": task.describe(), "param": param}
+    lens, losses = train_lens(model, heads, train, steps, lr, batch_tokens, param, seed, checkpoint_dir,
+                              checkpoint_every, resume, progress, meta)
+    kls = heldout_kl(model, lens, held)
+    lens.metadata["heldout_kl"] = json.dumps(kls)
+    lens.metadata["n_train_tokens"] = str(train.x.shape[0])
+    lens.metadata["n_eval_tokens"] = str(held.x.shape[0])
+    return lens, kls, losses

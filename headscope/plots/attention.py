@@ -149,11 +149,14 @@ def attention_viewer(frame: pd.DataFrame, dest: int | None = None, title: str | 
     fig.update_yaxes(title_text="attention", range=[0, 1], row=1, col=2)
     model = frame.attrs.get("model", "")
     fig.update_layout(
-        title=title or f"attention patterns{(' of ' + model) if model else ''}",
+        title={"text": title or f"attention patterns{(' of ' + model) if model else ''}", "y": 0.98},
         template="plotly_white", barmode="group", shapes=row_box(dest),
         height=max(480, 16 * n + 260), width=max(900, 26 * n * 2 + 300),
-        updatemenus=[{"buttons": buttons, "x": 0.0, "y": 1.16, "xanchor": "left", "yanchor": "top",
+        updatemenus=[{"buttons": buttons, "x": 0.06, "y": 1.08, "xanchor": "left", "yanchor": "bottom",
                       "direction": "down", "showactive": True}],
+        annotations=[*fig.layout.annotations, {"text": "head:", "x": 0.0, "y": 1.1, "xref": "paper", "yref": "paper",
+                                               "showarrow": False, "xanchor": "left", "yanchor": "bottom"}],
+        margin={"t": 130},
         sliders=[{"active": dest, "steps": steps, "currentvalue": {"prefix": "destination: "},
                   "pad": {"t": 60}, "len": 1.0}],
         legend={"x": 1.02, "y": 1.0},

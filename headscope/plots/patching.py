@@ -160,13 +160,15 @@ def circuit_graph(classes: Mapping[str, str] | pd.DataFrame, edges: pd.DataFrame
     if not cls:
         raise HeadscopeError("no classified heads to draw: lower the thresholds of the classify step.")
     nodes = sorted(cls, key=lambda s: tuple(int(x) for x in s.split(".")))
-    by_layer: dict[int, list[str]] = {}
+    order = list(dict.fromkeys(cls[n] for n in nodes))  # classes in order of first (lowest) layer
+    groups: dict[tuple[int, str], list[str]] = {}
     for n in nodes:
-        by_layer.setdefault(int(n.split(".")[0]), []).append(n)
-    pos = {n: (int(n.split(".")[0]), i - (len(group) - 1) / 2)
-           for group in by_layer.values() for i, n in enumerate(group)}
-    last = max(by_layer) + 1
-    pos["logits"] = (last, 0.0)
+        groups.setdefault((int(n.split(".")[0]), cls[n]), []).append(n)
+    # one row per class, x = layer; heads sharing a layer and class fan out vertically
+    pos = {n: (layer, order.index(name) + 0.3 * (i - (len(group) - 1) / 2))
+           for (layer, name), group in groups.items() for i, n in enumerate(group)}
+    last = max(layer for layer, _ in groups) + 1
+    pos["logits"] = (last, (len(order) - 1) / 2)
     fig = go.Figure()
     drawn = 0
     if edges is not None and len(edges):
@@ -184,18 +186,21 @@ def circuit_graph(classes: Mapping[str, str] | pd.DataFrame, edges: pd.DataFrame
                     text=f"{r.sender} → {t}{(' (' + rec.split(':')[1] + ')') if ':' in rec else ''}: {r.score:.3f}",
                 ))
                 drawn += 1
-    for i, name in enumerate(dict.fromkeys(cls[n] for n in nodes)):
+    for i, name in enumerate(order):
         members = [n for n in nodes if cls[n] == name]
         fig.add_trace(go.Scatter(
             x=[pos[n][0] for n in members], y=[pos[n][1] for n in members], mode="markers+text",
-            text=members, textposition="top center", name=name,
+            text=members, name=name,
+            textposition=["middle right" if len(groups[(int(n.split(".")[0]), name)]) > 1 else "top center"
+                          for n in members],
             marker={"size": 18, "color": CLASS_COLOURS[i % len(CLASS_COLOURS)], "line": {"width": 1, "color": "#333"}},
             hovertemplate="head %{text}<br>" + name + "<extra></extra>",
         ))
     if drawn and any(str(r).split(":")[0] in ("resid", "resid_final", "logits") for r in edges["receiver"]):
-        fig.add_trace(go.Scatter(x=[last], y=[0], mode="markers+text", text=["logits"], name="logits",
+        fig.add_trace(go.Scatter(x=[last], y=[pos["logits"][1]], mode="markers+text", text=["logits"], name="logits",
                                  textposition="top center", marker={"size": 22, "symbol": "square", "color": "#444"}))
     fig.update_layout(title=title or "circuit: heads by class, edges from path patching",
-                      xaxis={"title": "layer", "dtick": 1}, yaxis={"visible": False},
-                      template="plotly_white", height=480)
+                      xaxis={"title": "layer", "dtick": 1, "range": [min(x for x, _ in pos.values()) - 1, last + 1]},
+                      yaxis={"visible": False, "range": [-0.8, len(order) - 0.2]},
+                      template="plotly_white", height=max(380, 110 * len(order) + 160))
     return fig

@@ -133,6 +133,9 @@ def check_available(recipe: Recipe) -> None:
                 f"in this headscope.{suggest(str(step.task), TASKS)} Registered: {', '.join(sorted(TASKS))}."
             )
         info = ANALYZERS[step.analyzer]
+        if info.tasks and step.task not in info.tasks:
+            raise HeadscopeError(f"recipe '{recipe.name}' step '{step.id}': analyzer '{step.analyzer}' does not run on "
+                                 f"task '{step.task}': it runs on {', '.join(info.tasks)}.")
         bad = [k for k in step.options if k not in info.options()]
         if bad:
             raise HeadscopeError(f"recipe '{recipe.name}' step '{step.id}': analyzer '{step.analyzer}' has no "

@@ -66,6 +66,7 @@ def _ensure_loaded() -> None:
     import headscope.tasks.facts  # noqa: F401
     import headscope.tasks.induction_contrast  # noqa: F401
     import headscope.tasks.ioi  # noqa: F401
+    import headscope.tasks.mcqa  # noqa: F401
     import headscope.tasks.needle  # noqa: F401
     import headscope.tasks.relations  # noqa: F401
     import headscope.tasks.repeated_tokens  # noqa: F401

@@ -151,7 +151,7 @@ class SafetyRequests:
     def _load(self, source: str, kind: str) -> list[str]:
         if source == "builtin":
             return builtin_requests(kind)
-        if Path(source).expanduser().suffix and Path(source).expanduser().exists():
+        if Path(source).expanduser().suffix.lower() in (".txt", ".json", ".jsonl", ".csv"):
             return read_requests(source, self.column)
         if source.lower() in HUB_SETS or "/" in source:
             return hub_requests(source, self.column)

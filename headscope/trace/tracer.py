@@ -44,6 +44,7 @@ class Trace:
     acts: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     reductions: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     logits: torch.Tensor | None = None
+    past_key_values: Any = None
 
     def get(self, act: str, layer: int) -> torch.Tensor:
         """One activation at one layer."""
@@ -88,6 +89,8 @@ def trace(
     attention_mask: torch.Tensor | None = None,
     progress: bool | str = False,
     interventions: Sequence[Any] = (),
+    use_cache: bool = False,
+    past_key_values: Any = None,
 ) -> Trace:
     """Run ``model`` on ``tokens`` and capture per-head activations.
 
@@ -106,6 +109,11 @@ def trace(
         progress: show a progress bar over chunks (a string is used as its label).
         interventions: :mod:`headscope.interventions` objects applied during the forward pass
             (before capture, so captured activations reflect them).
+        use_cache: return the Hugging Face KV cache in ``Trace.past_key_values`` (implies
+            ``keep_logits``; one chunk only). For incremental decoding.
+        past_key_values: a cache from an earlier ``use_cache`` trace; ``tokens`` are then only
+            the new positions, and pattern/scores rows cover the new queries over all keys,
+            (batch, head, n_new, n_past + n_new).
 
     Returns:
         A :class:`Trace`. Raises :class:`TracerError` if any hook failed to fire.
@@ -118,7 +126,10 @@ def trace(
             raise TracerError(f"reducer '{r.name}' reads unknown activation '{r.act}'.")
     if tokens.ndim != 2:
         raise TracerError(f"tokens must be (batch, pos); got shape {tuple(tokens.shape)}.")
-    model.check_length(int(tokens.shape[1]))
+    n_past = 0 if past_key_values is None else int(past_key_values.get_seq_length())
+    model.check_length(n_past + int(tokens.shape[1]))
+    if use_cache or past_key_values is not None:
+        use_cache, keep_logits, batch_size = True, True, None
     layer_list, head_list = _check_selection(model, layers, heads)
     kv_head_of = {h: model.kv_head(h) for h in range(model.n_heads)}
     head_index = torch.tensor(head_list, device=model.device)
@@ -200,13 +211,17 @@ def trace(
             kwargs: dict[str, Any] = {}
             if attention_mask is not None:
                 kwargs["attention_mask"] = attention_mask[start : start + step].to(model.device)
+            if past_key_values is not None:
+                kwargs["past_key_values"] = past_key_values
             edits = intervention_hooks(model, interventions, slice(start, start + len(batch)))
             out = bridge.run_with_hooks(
                 batch,
                 fwd_hooks=edits + fwd_hooks,
-                return_type="logits" if keep_logits else None,
+                return_type=("logits_and_cache" if use_cache else "logits") if keep_logits else None,
                 **kwargs,
             )
+            if use_cache:
+                out, past_key_values = out
             if keep_logits:
                 logit_chunks.append(out.detach())
     missing = [name for name in wants if fired[name] != len(starts)]
@@ -224,4 +239,5 @@ def trace(
         acts={key: torch.cat(parts) for key, parts in chunks.items()},
         reductions={key: torch.cat(parts) for key, parts in red_chunks.items()},
         logits=torch.cat(logit_chunks) if logit_chunks else None,
+        past_key_values=past_key_values if use_cache else None,
     )

@@ -1,0 +1,134 @@
+"""Multiple-choice questions for select-and-copy heads (Tulchinskii et al. 2024, "Listening to the Wise Few").
+
+Data: ``headscope/data/mcqa.json`` (48 easy 4-option questions written for headscope) or a
+user's ``.json`` file (a list of ``{"question", "options", "answer"}`` objects, ``answer`` the
+0-based index of the correct option; or ``{"questions": [...]}``).
+
+Prompt (chat template not used)::
+
+    Question: What is the capital of France?
+    A. Berlin
+    B. Paris
+    ...
+    Answer:
+
+The option *marker* of option ``j`` is the token that holds its letter at the start of its line.
+Choices (recorded): built-in questions have their options rotated so the correct letters cycle
+A, B, C, D (no letter prior helps); the questions are shuffled (seeded) and split into a
+validation part (``n_val``) used to choose heads and a test part used to report accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headscope.errors import HeadscopeError
+from headscope.tasks.registry import register_task
+from headscope.tasks.safety_requests import pad_id, pad_right
+
+LETTERS = "ABCDEFGH"
+
+
+def load_questions(path: str | None) -> list[dict[str, Any]]:
+    """Questions as dicts with ``question``, ``options`` and ``answer``."""
+    if path is None:
+        data = json.loads(resources.files("headscope").joinpath("data/mcqa.json").read_text())
+    else:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise HeadscopeError(f"MCQA file {p} does not exist: give a .json list of {{question, options, answer}}.")
+        data = json.loads(p.read_text())
+    rows = data.get("questions", []) if isinstance(data, dict) else data
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not {"question", "options", "answer"} <= set(r):
+            raise HeadscopeError(f"MCQA row {i} needs question, options and answer.")
+        if not 2 <= len(r["options"]) <= len(LETTERS) or not 0 <= int(r["answer"]) < len(r["options"]):
+            raise HeadscopeError(f"MCQA row {i}: 2-8 options and a 0-based answer index are required.")
+    if not rows:
+        raise HeadscopeError("the MCQA file has no questions.")
+    return rows
+
+
+@dataclass
+class MCQAItem:
+    """One formatted question: its token ids, option-marker positions and correct index."""
+
+    ids: list[int]
+    markers: list[int]
+    answer: int
+    n_options: int
+
+
+@register_task("mcqa", summary="multiple-choice questions (A/B/C/D) for select-and-copy heads", default_analyzer="select_and_copy")
+@dataclass
+class MCQATask:
+    """Multiple-choice questions.
+
+    Args:
+        path: a user's .json file (default: the built-in questions).
+        n_val: questions in the validation split (the rest are the test split).
+        seed: shuffle seed.
+        balance: rotate options so correct letters cycle A, B, C, D (built-in default).
+    """
+
+    path: str | None = None
+    n_val: int = 16
+    seed: int = 0
+    balance: bool = True
+    name: str = field(default="mcqa", init=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Task name and parameters."""
+        return {"name": self.name, "path": self.path, "n_val": self.n_val, "seed": self.seed, "balance": self.balance}
+
+    def questions(self) -> list[dict[str, Any]]:
+        """Questions after balancing and the seeded shuffle."""
+        rows = load_questions(self.path)
+        out = []
+        for i, r in enumerate(rows):
+            opts, a = list(r["options"]), int(r["answer"])
+            if self.balance:
+                shift = (i % len(opts)) - a
+                opts = [opts[(j - shift) % len(opts)] for j in range(len(opts))]
+                a = i % len(opts)
+            out.append({"question": r["question"], "options": opts, "answer": a})
+        order = torch.randperm(len(out), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        return [out[i] for i in order]
+
+    def item(self, model: Any, q: dict[str, Any]) -> MCQAItem:
+        """Format and tokenize one question, locating the option markers by character offsets."""
+        text = f"Question: {q['question']}\n"
+        letter_at = []
+        for j, opt in enumerate(q["options"]):
+            letter_at.append(len(text))
+            text += f"{LETTERS[j]}. {opt}\n"
+        text += "Answer:"
+        enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+        bos = [model.bos_token_id] if model.prepend_bos and model.bos_token_id is not None else []
+        markers = []
+        for c in letter_at:
+            hit = [t for t, (s, e) in enumerate(offsets) if s <= c < e]
+            if not hit:
+                raise HeadscopeError(f"cannot locate option marker in the tokenization of {q['question']!r}.")
+            markers.append(hit[0] + len(bos))
+        model.check_length(len(ids) + len(bos))
+        return MCQAItem(bos + ids, markers, int(q["answer"]), len(q["options"]))
+
+    def split(self, model: Any) -> tuple[list[MCQAItem], list[MCQAItem]]:
+        """(validation items, test items)."""
+        items = [self.item(model, q) for q in self.questions()]
+        if not 0 < self.n_val < len(items):
+            raise HeadscopeError(f"n_val must be between 1 and {len(items) - 1}.")
+        return items[: self.n_val], items[self.n_val :]
+
+    @staticmethod
+    def batch(model: Any, items: list[MCQAItem]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``(tokens, last)`` of items."""
+        return pad_right([it.ids for it in items], pad_id(model.tokenizer))

@@ -1,0 +1,152 @@
+"""Ships, request sets, refusal detection and generation with ablations, on the planted toy-refusal model."""
+
+import json
+import os
+import random
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+
+import headscope
+from headscope.analyzers import run_analyzer
+from headscope.errors import HeadscopeError
+from headscope.generation import greedy_generate
+from headscope.interventions import MaskQuery, ZeroAblate
+from headscope.safety.check import refusal_check
+from headscope.safety.refusal import PhraseRefusalDetector, load_detector, refusal_rate
+from headscope.tasks import make_task
+from headscope.tasks.safety_requests import builtin_requests
+from headscope.toy import TOY_MODELS
+from headscope.toy.refusal import REFUSE, TRIGGER
+
+WORDS = "one two three four five six seven eight nine ten the and of is a first second third".split()
+
+
+def _files(tmp_path, n=10):
+    rng = random.Random(0)
+    harm, safe = [], []
+    for i in range(n):
+        w = rng.sample(WORDS, 6)
+        j = rng.randrange(6)
+        harm.append(" ".join(w[:j] + [TRIGGER] + w[j:]))
+        safe.append(" ".join(rng.sample(WORDS, 5 + i % 3)))
+    (tmp_path / "harm.txt").write_text("\n".join(harm))
+    (tmp_path / "safe.json").write_text(json.dumps(safe))
+    return str(tmp_path / "harm.txt"), str(tmp_path / "safe.json")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return headscope.load_model("toy-refusal")
+
+
+@pytest.fixture
+def task(tmp_path):
+    harm, safe = _files(tmp_path)
+    return make_task("safety", source=harm, harmless=safe, n_prompts=10)
+
+
+@pytest.mark.parametrize("ablation", ["query_scale", "mean", "zero"])
+def test_ships_recovers_planted_refusal_head(toy, task, ablation):
+    scores = run_analyzer("ships", toy, task, ablation=ablation)
+    (planted,) = TOY_MODELS["toy-refusal"].planted["refusal"]
+    assert scores.heads("ships_kl", k=1) == [planted]
+    m = scores.matrix("ships_kl")
+    others = [m.loc[a, b] for a in range(2) for b in range(2) if (a, b) != planted]
+    assert m.loc[planted] > 100 * max(others)
+    assert scores.provenance["choices"]["ablation"] == ablation
+    assert set(scores.provenance["choices"]["base_top_tokens"]) == {REFUSE}
+
+
+def test_ships_kl_matches_direct_computation(toy, task):
+    scores = run_analyzer("ships", toy, task, heads="1.1", eps=0.05)
+    tokens, last = task.batch(toy, "harmful")
+    rows = torch.arange(len(last))
+    base = toy.bridge(tokens)[rows, last].detach().log_softmax(-1)
+    from headscope.interventions import run_with_interventions
+
+    abl = run_with_interventions(toy, tokens, [MaskQuery([(1, 1)], scale=0.05)], positions=last).log_softmax(-1)
+    kl = (base.exp() * (base - abl)).sum(-1).mean()
+    assert scores.matrix("ships_kl").loc[1, 1] == pytest.approx(float(kl), rel=1e-4)
+    assert int(scores["score"].isna().sum()) == 3
+
+
+def test_right_padding_does_not_change_last_token(toy, task):
+    tokens, last = task.batch(toy, "harmless")
+    assert len(set(last.tolist())) > 1
+    rows = task.token_rows(toy, "harmless")
+    alone = torch.stack([toy.bridge(torch.tensor([r]))[0, -1] for r in rows])
+    padded = toy.bridge(tokens)[torch.arange(len(rows)), last]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_builtin_request_sets():
+    harmful, harmless = builtin_requests("harmful"), builtin_requests("harmless")
+    assert len(harmful) >= 60 and len(harmless) >= 60
+    from importlib import resources
+
+    data = json.loads(resources.files("headscope").joinpath("data/harmful_requests.json").read_text())
+    assert len({r["category"] for r in data["requests"]}) >= 5
+    assert len(make_task("safety", n_prompts=8).requests("harmful")) == 8
+
+
+def test_hub_sets_fail_clearly_offline():
+    with pytest.raises(HeadscopeError, match="offline"):
+        make_task("safety", source="advbench").requests("harmful")
+
+
+def test_refusal_detector_and_plugins():
+    det = PhraseRefusalDetector()
+    assert det("I'm sorry, but I can't help with that.")
+    assert det("I\u2019m sorry")
+    assert not det("Sure! Here is a recipe for banana bread.")
+    assert refusal_rate(["I cannot do that", "Sure"]) == 0.5
+    assert load_detector("headscope.safety.refusal:PhraseRefusalDetector")  # a class is callable too
+    with pytest.raises(HeadscopeError):
+        load_detector("nomodule")
+
+
+def test_generation_and_behavioural_check_on_planted_head(toy, task):
+    rows = task.token_rows(toy, "harmful")
+    refuse = toy.single_token(REFUSE)
+    base = greedy_generate(toy, rows, max_new_tokens=2)
+    assert all(r[0] == refuse for r in base)
+    # query scaling leaves 1/n of the trigger's signal, still the argmax here; zero ablation removes it
+    ablated = greedy_generate(toy, rows, max_new_tokens=2, interventions=[ZeroAblate([(1, 1)])])
+    assert all(r[0] != refuse for r in ablated)
+
+    def says_refuse(text: str) -> bool:
+        return text.split()[:1] == [REFUSE]
+
+    out = refusal_check(toy, task, [(1, 1)], n_random=2, max_new_tokens=2, ablation="zero", detector=says_refuse)
+    rates = {k: v["refusal_rate"] for k, v in out["conditions"].items()}
+    assert rates["base"] == 1.0 and rates["safety_heads"] == 0.0
+    assert rates["random_1"] == 1.0 and rates["random_2"] == 1.0
+    assert "1.1" not in out["conditions"]["random_1"]["heads"]
+
+
+@pytest.mark.smollm2
+def test_chat_template_formatting_smollm2():
+    model = headscope.load_model("smollm2-135m")
+    task = make_task("safety", n_prompts=3)
+    assert task.uses_chat(model)
+    rows = task.token_rows(model, "harmful")
+    tail = model.tokenizer.decode(rows[0][-4:])
+    assert "assistant" in tail
+    scores = run_analyzer("ships", model, task, heads="0.0,15.3", batch_size=3)
+    assert scores.matrix("ships_kl").notna().sum().sum() == 2
+
+
+def test_cli_score_ships_writes_parquet_and_heatmap(tmp_path, task):
+    from headscope.cli.app import main
+    from headscope.results import read_parquet
+
+    out, plot = tmp_path / "ships.parquet", tmp_path / "ships.html"
+    main(["score", "--model", "toy-refusal", "--task", "safety", "--analyzer", "ships", "-o", f"source={task.source}",
+          "-o", f"harmless={task.harmless}", "-o", "n_prompts=6", "-o", "eps=0.02", "--out", str(out), "--plot", str(plot)])
+    scores = read_parquet(out)
+    assert scores.heads("ships_kl", k=1) == [(1, 1)]
+    assert scores.provenance["options"]["eps"] == 0.02
+    assert plot.stat().st_size > 0

@@ -5,7 +5,8 @@ Zhou et al. 2024 ("On the Role of Attention Heads in Large Language Model Safety
 1. Ships (query scaling, eps) for the heads of ``--layers`` (default all 24 x 14) on
    ``--n-ships`` built-in harmful requests (chat template applied);
 2. Sahara: greedy set of ``--steps`` heads among the ``--candidates`` top Ships heads;
-3. behavioural check: greedy answers (``--max-new`` tokens) to ``--n-gen`` harmful requests with
+3. behavioural check (``--top-ships K`` adds the top-K Ships heads as a second safety set;
+   ``--reuse`` reuses the Ships/Sahara files already in ``--out``): greedy answers (``--max-new`` tokens) to ``--n-gen`` harmful requests with
    no ablation, the Sahara heads ablated, and ``--n-random`` random head sets of the same size;
    refusal rates from the phrase detector (:mod:`headscope.safety.refusal`). The harmless
    requests' refusal rate without ablation is reported as the detector's false-positive check.
@@ -40,6 +41,8 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=16)
     ap.add_argument("--n-random", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--top-ships", type=int, default=0, help="also check ablating the top-K Ships heads (0: skip)")
+    ap.add_argument("--reuse", action="store_true", help="reuse Ships/Sahara parquet files in --out instead of recomputing")
     ap.add_argument("--out", default="results")
     args = ap.parse_args()
 
@@ -67,11 +70,16 @@ def main() -> None:
     timings["load_s"] = time.perf_counter() - t0
     print(model, f"loaded in {timings['load_s']:.0f} s", flush=True)
 
+    from headscope.results import read_parquet
+
     task = make_task("safety", n_prompts=args.n_ships, seed=args.seed)
     t = time.perf_counter()
-    ships = run_analyzer("ships", model, task, eps=args.eps, layers=args.layers, batch_size=args.n_ships, progress=True)
+    if args.reuse:
+        ships = read_parquet(out / "qwen_safety_ships.parquet")
+    else:
+        ships = run_analyzer("ships", model, task, eps=args.eps, layers=args.layers, batch_size=args.n_ships, progress=True)
+        ships.to_parquet(out / "qwen_safety_ships.parquet")
     timings["ships_s"] = time.perf_counter() - t
-    ships.to_parquet(out / "qwen_safety_ships.parquet")
     save_html(head_heatmap(ships, "ships_kl"), out / "qwen_safety_ships.html")
     top = ships.top(10, "ships_kl")
     print("Ships top 10:\n", top[["label", "score", "stderr"]].to_string(index=False), flush=True)
@@ -79,9 +87,12 @@ def main() -> None:
 
     t = time.perf_counter()
     cand = ",".join(top["label"].head(args.candidates))
-    sah = run_analyzer("sahara", model, task, steps=args.steps, candidates=cand, eps=args.eps, batch_size=args.n_ships, progress=True)
+    if args.reuse:
+        sah = read_parquet(out / "qwen_safety_sahara.parquet")
+    else:
+        sah = run_analyzer("sahara", model, task, steps=args.steps, candidates=cand, eps=args.eps, batch_size=args.n_ships, progress=True)
+        sah.to_parquet(out / "qwen_safety_sahara.parquet")
     timings["sahara_s"] = time.perf_counter() - t
-    sah.to_parquet(out / "qwen_safety_sahara.parquet")
     selected = sah.provenance["choices"]["selected"]
     print("Sahara set:", selected, "angles:", sah.provenance["choices"]["set_angle_per_step"], flush=True)
 
@@ -94,6 +105,13 @@ def main() -> None:
 
     harmless_ids = greedy_generate(model, gen_task.token_rows(model, "harmless"), args.max_new, batch_size=args.n_gen)
     harmless_txt = [model.tokenizer.decode(x, skip_special_tokens=True) for x in harmless_ids]
+    if args.top_ships:
+        top_heads = ships.heads("ships_kl", k=args.top_ships)
+        extra = refusal_check(model, gen_task, top_heads, n_random=args.n_random, max_new_tokens=args.max_new,
+                              eps=args.eps, seed=args.seed + 100, batch_size=args.n_gen, progress=True)
+        for name, cond in extra["conditions"].items():
+            if name != "base":
+                check["conditions"][f"top{args.top_ships}_ships_{name}"] = cond
     timings["generation_s"] = time.perf_counter() - t
     rates = {k: v["refusal_rate"] for k, v in check["conditions"].items()}
     rates["harmless_base"] = refusal_rate(harmless_txt)

@@ -115,7 +115,7 @@ def repeated_random_tokens(n: int, batch: int, seed: int) -> torch.Tensor:
 
 def test_registry_interface() -> None:
     assert toy_names() == list(TOY_MODELS)
-    assert set(toy_names()) == {"toy-induction", "toy-copying", "toy-successor", "toy-gqa"}
+    assert set(toy_names()) == {"toy-induction", "toy-copying", "toy-successor", "toy-gqa", "toy-refusal"}
     for name, spec in TOY_MODELS.items():
         assert isinstance(spec, ToySpec)
         assert spec.name == name and spec.summary and "\n" not in spec.summary

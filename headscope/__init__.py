@@ -65,9 +65,7 @@ def score(
         analyzer = analyzer or info.default_analyzer
         task = make_task(task, **(task_params or {}))
     elif analyzer is None:
-        from headscope.tasks.registry import get_task_info as _gti
-
-        analyzer = _gti(task.name).default_analyzer
+        analyzer = get_task_info(task.name).default_analyzer
     return run_analyzer(analyzer, model, task, **options)
 
 

@@ -163,6 +163,27 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _model_from_dir(
+    directory: Path,
+    spec: str,
+    source: str,
+    device: str,
+    dtype: torch.dtype,
+    device_map: str | dict | None,
+    weights_hash: str | None = None,
+    summary: str = "",
+) -> Model:
+    """Load a saved HF model directory, boot the bridge on it and wrap it.
+
+    ``weights_hash`` defaults to the hash of the directory's weight files (computed after
+    loading, so a directory that does not load reports that error first).
+    """
+    model, tok = _from_dir(directory, dtype, device_map)
+    bridge = _boot(str(directory), model, tok, device, dtype)
+    digest = weights_hash if weights_hash is not None else _dir_weights_hash(directory)
+    return Model(bridge, bridge.tokenizer, spec, source, digest, device, dtype, summary=summary)
+
+
 def _boot(name: str, hf_model: Any, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -248,13 +269,9 @@ def _load_model(
         gguf = alias.find_local()
         if gguf is not None:
             directory, sha = _load_gguf_dir(gguf)
-            model, tok = _from_dir(directory, torch_dtype, device_map)
-            bridge = _boot(str(directory), model, tok, dev, torch_dtype)
-            return Model(bridge, bridge.tokenizer, spec, "gguf", sha, dev, torch_dtype, summary=alias.summary)
+            return _model_from_dir(directory, spec, "gguf", dev, torch_dtype, device_map, sha, alias.summary)
         directory = _hub_snapshot(alias.hub_id, hint=alias.install_hint)
-        model, tok = _from_dir(directory, torch_dtype, device_map)
-        bridge = _boot(str(directory), model, tok, dev, torch_dtype)
-        return Model(bridge, bridge.tokenizer, spec, "hub", _dir_weights_hash(directory), dev, torch_dtype, summary=alias.summary)
+        return _model_from_dir(directory, spec, "hub", dev, torch_dtype, device_map, summary=alias.summary)
 
     path = Path(spec).expanduser()
     if path.suffix == ".gguf" or path.exists() or spec.startswith((".", "/", "~")):
@@ -266,12 +283,8 @@ def _load_model(
                     f"{path} is a file but not a .gguf: pass a .gguf file or a model directory."
                 )
             directory, sha = _load_gguf_dir(path)
-            model, tok = _from_dir(directory, torch_dtype, device_map)
-            bridge = _boot(str(directory), model, tok, dev, torch_dtype)
-            return Model(bridge, bridge.tokenizer, spec, "gguf", sha, dev, torch_dtype)
-        model, tok = _from_dir(path, torch_dtype, device_map)
-        bridge = _boot(str(path), model, tok, dev, torch_dtype)
-        return Model(bridge, bridge.tokenizer, spec, "dir", _dir_weights_hash(path), dev, torch_dtype)
+            return _model_from_dir(directory, spec, "gguf", dev, torch_dtype, device_map, sha)
+        return _model_from_dir(path, spec, "dir", dev, torch_dtype, device_map)
 
     if not HUB_ID.match(spec):
         raise HeadscopeError(
@@ -279,9 +292,7 @@ def _load_model(
             "See `headscope models`."
         )
     directory = _hub_snapshot(spec)
-    model, tok = _from_dir(directory, torch_dtype, device_map)
-    bridge = _boot(str(directory), model, tok, dev, torch_dtype)
-    return Model(bridge, bridge.tokenizer, spec, "hub", _dir_weights_hash(directory), dev, torch_dtype)
+    return _model_from_dir(directory, spec, "hub", dev, torch_dtype, device_map)
 
 
 def _load_gguf_dir(path: Path) -> tuple[Path, str]:

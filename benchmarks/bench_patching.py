@@ -15,6 +15,7 @@ import os
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's per-head progress bar
 
 import torch  # noqa: E402
 
@@ -69,7 +70,7 @@ def main() -> None:
 
     rows = [
         ("TransformerLens get_act_patch_attn_head_out_all_pos (sequential)", t_tl, 1.0, 0.0),
-        ("headscope exact all-heads patching (batched + prefix reuse)", t_exact, t_tl / t_exact, diff),
+        ("headscope exact all-heads patching (batched, prefix reuse, windows)", t_exact, t_tl / t_exact, diff),
         ("headscope attribution patching (1 fwd clean + 1 fwd/bwd corrupted)", t_attr, t_tl / t_attr, attr_diff),
     ]
     if not args.skip_path:

@@ -20,8 +20,19 @@ one forward pass per head (TransformerLens ``patching.get_act_patch_attn_head_ou
    position, so the final norm and ``W_U`` run on ``rows`` vectors instead of
    ``rows * pos`` (RMSNorm/LayerNorm act per position, so this is exact up to matmul
    blocking, ~1e-5 in float32).
+4. **Position windows.** Under causal attention nothing after a row's END can reach END, so
+   rows are grouped by END and each group runs only positions ``..max END`` of the group
+   (right padding is never computed). When the caller states that the first ``p`` positions
+   are identical in every slice (``shared_prefix``: clean and corrupted prompts that agree on
+   their first ``p`` tokens give identical activations there, so patching one into the other
+   changes nothing there), those positions are not recomputed either: the base run's keys and
+   values for them are handed to the model as a Hugging Face KV cache and only positions
+   ``p..`` run (rotary positions come from the cache length, exactly as in decoding).
+   Group boundaries are chosen by a small dynamic programme that trades computed tokens
+   against a fixed per-forward overhead (``forward_overhead_tokens``).
 
-Chunks are bounded by ``max_rows`` (rows per forward) for memory; a progress bar reports them.
+Windows apply to runs that read the metric (no ``capture``/``stop_at_layer``); those fall back to
+full-width forwards. Chunks are bounded by ``max_rows`` (rows per forward) for memory; a progress bar reports them.
 
 Every hook here is an intervention in the sense of :mod:`headscope.interventions`: this module
 is the shared layer that owns hooking for patching analyses; analyzers describe edits only.
@@ -78,11 +89,24 @@ class Edit:
 
 @dataclass
 class RunCache:
-    """What a cached base run holds: per-layer residuals and activations, and END logits."""
+    """What a cached base run holds: per-layer residuals and activations, END logits, and the
+    per-layer attention keys/values ``kv[l] = (keys, values)``, each (n, n_kv_heads, pos,
+    d_head) as the model's KV cache stores them (None when the model returns no cache)."""
 
     resid_pre: dict[int, torch.Tensor] = field(default_factory=dict)
     acts: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     end_logits: torch.Tensor | None = None
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def shared_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Number of leading positions where token batches ``a`` and ``b`` (n, pos) agree in every row.
+
+    Activations there are identical in both runs (causal attention), so patching one run's
+    activations into the other changes nothing at those positions.
+    """
+    differ = (a != b).any(0).nonzero()
+    return int(differ[0]) if len(differ) else int(a.shape[1])
 
 
 def _find_layer_list(bridge: Any) -> tuple[nn.Module, str, nn.ModuleList]:
@@ -109,6 +133,10 @@ class PatchEngine:
         memory_mb: activation memory budget used to pick ``max_rows``.
         prefix_reuse: rerun only blocks ``l..L-1`` for an edit at layer ``l``.
         progress: show a progress bar over chunks.
+        windows: run each END group only over the positions it needs (see the module
+            docstring); exact for causal models.
+        forward_overhead_tokens: the fixed cost of one forward, in computed tokens, used to
+            decide how many END groups to split a batch into.
     """
 
     def __init__(
@@ -120,6 +148,8 @@ class PatchEngine:
         memory_mb: float = 2048.0,
         prefix_reuse: bool = True,
         progress: bool = False,
+        windows: bool = True,
+        forward_overhead_tokens: int = 96,
     ) -> None:
         self.model = model
         self.bridge = model.bridge
@@ -131,6 +161,8 @@ class PatchEngine:
         self.prefix_reuse = prefix_reuse
         self.progress = progress
         self._layers = _find_layer_list(self.bridge) if prefix_reuse else None
+        self.windows = windows
+        self.forward_overhead_tokens = forward_overhead_tokens
 
     # ------------------------------------------------------------------ sizing
     def rows_per_chunk(self, pos: int) -> int:
@@ -163,8 +195,22 @@ class PatchEngine:
         hooks = [(hook_alias("resid_pre", layer), keeper("resid_pre", layer)) for layer in range(self.model.n_layers)]
         hooks += [(hook_alias(a, layer), keeper(a, layer)) for layer in layers for a in acts]
         with torch.inference_mode():
-            out.end_logits = self._run(tokens.to(self.model.device), 0, hooks, k=1, from_tokens=True)
+            out.end_logits, out.kv = self._run_keep_kv(tokens.to(self.model.device), hooks)
         return out
+
+    def _run_keep_kv(self, tokens: torch.Tensor, hooks: list[tuple[str, Callable]]) -> tuple[torch.Tensor, Any]:
+        """A full forward from tokens that also returns the per-layer KV cache (or None)."""
+        all_hooks = [*hooks, ("unembed.hook_in", self._gather_hook(1, int(tokens.shape[1])))]
+        if not self.windows:
+            return self.bridge.run_with_hooks(tokens, fwd_hooks=all_hooks)[:, 0], None
+        logits, cache = self.bridge.run_with_hooks(tokens, fwd_hooks=all_hooks, return_type="logits_and_cache")
+        layers = getattr(cache, "layers", None)
+        kv = None
+        if layers is not None and len(layers) == self.model.n_layers:
+            kv = [(layer.keys, layer.values) for layer in layers]
+            if any(not isinstance(t, torch.Tensor) or t.shape[-2] != tokens.shape[1] for pair in kv for t in pair):
+                kv = None  # e.g. a sliding-window cache that dropped positions: no prefix reuse
+        return logits[:, 0], kv
 
     # ------------------------------------------------------------------ core forward
     @contextmanager
@@ -221,6 +267,8 @@ class PatchEngine:
         k: int,
         stop_at_layer: int | None = None,
         capture: Sequence[tuple[str, int]] = (),
+        base: RunCache | None = None,
+        shared_prefix: int = 0,
     ) -> tuple[torch.Tensor | None, dict[tuple[str, int], torch.Tensor]]:
         """Run ``k`` stacked copies of the batch from block ``start`` with per-slice edits.
 
@@ -230,6 +278,11 @@ class PatchEngine:
             k: number of slices.
             stop_at_layer: stop before this block (then no logits are computed).
             capture: (act, layer) pairs to return, each (k*n, ...).
+            base: the cached run ``resid`` comes from; its keys/values serve ``shared_prefix``.
+            shared_prefix: the first positions are known to be identical in every slice and in
+                ``base`` (the caller's promise: e.g. clean and corrupted tokens agree there and
+                every edit's source comes from one of those two runs). They are then taken
+                from ``base``'s KV cache instead of being recomputed.
 
         Returns:
             (metric values (k, n) or None, captured activations).
@@ -239,25 +292,95 @@ class PatchEngine:
             if e.layer < start:
                 raise HeadscopeError(f"edit at layer {e.layer} precedes the start layer {start}.")
             by_alias.setdefault(hook_alias(e.act, e.layer), []).append(e)
+        if capture or stop_at_layer is not None or not self.windows:
+            return self._run_full(start, resid, by_alias, k, stop_at_layer, capture)
+        prefix = self.usable_prefix(base, shared_prefix)
+        logits: torch.Tensor | None = None
+        for rows, hi in self.end_groups(prefix, k):
+            n_rows = int(rows.shape[0])
+            hooks = [
+                (alias, self._edit_hook([_window(e, rows, prefix, hi, self.n) for e in lst], k, n_rows))
+                for alias, lst in by_alias.items()
+            ]
+            hooks.append(("unembed.hook_in", _gather_at((self.end[rows] - prefix).repeat(k))))
+            device = self.model.device
+            inp = resid.to(device)[rows.to(device), prefix:hi].repeat(k, 1, 1)
+            cache = _prefix_cache(base, rows, prefix, k) if prefix else None
+            with torch.inference_mode(), self._truncated(start):
+                out = self.bridge.run_with_hooks(inp, fwd_hooks=hooks, start_at_layer=start, past_key_values=cache)
+            group_logits = out[:, 0].view(k, n_rows, -1)
+            if logits is None:
+                logits = group_logits.new_empty(k, self.n, group_logits.shape[-1])
+            logits[:, rows.to(logits.device)] = group_logits
+        assert logits is not None
+        return self.metric(logits.reshape(k * self.n, -1)).view(k, self.n), {}
+
+    # ------------------------------------------------------------------ windows
+    def usable_prefix(self, base: RunCache | None, shared_prefix: int) -> int:
+        """How many leading positions can come from ``base``'s KV cache (0 without one)."""
+        if not shared_prefix or base is None or base.kv is None:
+            return 0
+        return max(0, min(int(shared_prefix), int(self.end.min()), int(base.kv[0][0].shape[-2])))
+
+    def end_groups(self, prefix: int, k: int) -> list[tuple[torch.Tensor, int]]:
+        """Rows grouped by END: ``(row indices, window end)`` pairs covering every row once.
+
+        Each group runs positions ``prefix..hi-1`` with ``hi`` = 1 + its largest END. Groups are
+        contiguous runs of sorted END values chosen to minimise ``forwards * overhead +
+        k * computed tokens`` (an exact O(m^2) dynamic programme over the m distinct ENDs).
+        """
+        ends = self.end.cpu()
+        values = sorted(set(ends.tolist()))
+        counts = [int((ends == v).sum()) for v in values]
+        m = len(values)
+        best = [0.0] + [float("inf")] * m
+        cut = [0] * (m + 1)
+        for j in range(1, m + 1):
+            rows = 0
+            for i in range(j, 0, -1):  # the last group is values[i-1 .. j-1]
+                rows += counts[i - 1]
+                cost = best[i - 1] + self.forward_overhead_tokens + k * rows * (values[j - 1] + 1 - prefix)
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i - 1
+        groups = []
+        j = m
+        while j > 0:
+            i = cut[j]
+            members = torch.isin(ends, torch.tensor(values[i:j])).nonzero().flatten()
+            groups.append((members, values[j - 1] + 1))
+            j = i
+        return groups[::-1]
+
+    def _edit_hook(self, edit_list: list[Edit], k: int, n: int, captured: dict | None = None,
+                   cap: tuple[str, int] | None = None) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            shaped = x.view(k, n, *x.shape[1:])
+            for e in edit_list:
+                mask = e.mask.to(x.device).unsqueeze(-1)
+                shaped = torch.where(mask, e.source.to(x.device, x.dtype), shaped)
+            y = shaped.reshape(x.shape)
+            if captured is not None and cap is not None:
+                captured[cap] = y.detach().clone()
+            return y
+
+        return fn
+
+    def _run_full(
+        self,
+        start: int,
+        resid: torch.Tensor,
+        by_alias: dict[str, list[Edit]],
+        k: int,
+        stop_at_layer: int | None,
+        capture: Sequence[tuple[str, int]],
+    ) -> tuple[torch.Tensor | None, dict[tuple[str, int], torch.Tensor]]:
+        """Full-width forward of ``k`` slices (captures and early stops need every position)."""
         captured: dict[tuple[str, int], torch.Tensor] = {}
-
-        def make(alias: str, edit_list: list[Edit], cap: tuple[str, int] | None):
-            def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
-                shaped = x.view(k, self.n, *x.shape[1:])
-                for e in edit_list:
-                    mask = e.mask.to(x.device).unsqueeze(-1)
-                    shaped = torch.where(mask, e.source.to(x.device, x.dtype), shaped)
-                y = shaped.reshape(x.shape)
-                if cap is not None:
-                    captured[cap] = y.detach().clone()
-                return y
-
-            return fn
-
-        hooks = []
         cap_alias = {hook_alias(a, layer): (a, layer) for a, layer in capture}
-        for alias in dict.fromkeys([*by_alias, *cap_alias]):
-            hooks.append((alias, make(alias, by_alias.get(alias, []), cap_alias.get(alias))))
+        hooks = [
+            (alias, self._edit_hook(by_alias.get(alias, []), k, self.n, captured, cap_alias.get(alias)))
+            for alias in dict.fromkeys([*by_alias, *cap_alias])
+        ]
         inp = resid.repeat(k, 1, 1)
         with torch.inference_mode():
             logits = self._run(inp, start, hooks, k=k, stop_at_layer=stop_at_layer)
@@ -272,3 +395,52 @@ class PatchEngine:
 
     def progress_iter(self, chunks: Sequence[Any], label: str):
         return progress_bar(chunks, label, enabled=self.progress and len(chunks) > 1)
+
+
+def _gather_at(positions: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """Hook keeping one position per row: (rows, pos, d) -> (rows, 1, d)."""
+
+    def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        rows = torch.arange(x.shape[0], device=x.device)
+        return x[rows, positions.to(x.device)].unsqueeze(1)
+
+    return fn
+
+
+def _window(e: Edit, rows: torch.Tensor, lo: int, hi: int, n: int) -> Edit:
+    """``e`` restricted to batch rows ``rows`` and query positions ``lo..hi-1``.
+
+    Masks are (k, n, pos, units) for z/q/k/v and (k, n, heads, q_pos) for pattern; sources
+    are left-padded with singleton axes to (k, n, pos, units, d) or (k, n, heads, q_pos,
+    k_pos), and an axis is sliced only where it is not broadcast (size 1). A pattern's key
+    axis keeps positions ``0..hi-1``: the cached prefix is still attended to.
+    """
+    pattern = e.act == "pattern"
+    mask = e.mask[:, rows] if e.mask.shape[1] == n else e.mask
+    mask = mask[..., lo:hi] if pattern else mask[:, :, lo:hi]
+    src = e.source
+    src = src.reshape((1,) * (e.mask.dim() + 1 - src.dim()) + tuple(src.shape))
+    if src.shape[1] == n:
+        src = src[:, rows.to(src.device)]
+    if pattern:
+        if src.shape[3] != 1:
+            src = src[:, :, :, lo:hi]
+        if src.shape[4] != 1:
+            src = src[..., :hi]
+    elif src.shape[2] != 1:
+        src = src[:, :, lo:hi]
+    return Edit(e.act, e.layer, mask, src)
+
+
+def _prefix_cache(base: RunCache | None, rows: torch.Tensor, prefix: int, k: int) -> Any:
+    """A fresh Hugging Face ``DynamicCache`` with ``base``'s keys/values at positions
+    ``0..prefix-1`` for ``rows``, repeated for ``k`` slices (every layer, so the cache length
+    HF reads from layer 0 is ``prefix``)."""
+    from transformers import DynamicCache
+
+    assert base is not None and base.kv is not None
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(base.kv):
+        r = rows.to(keys.device)
+        cache.update(keys[r, :, :prefix].repeat(k, 1, 1, 1), values[r, :, :prefix].repeat(k, 1, 1, 1), layer)
+    return cache

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
-from headscope.patching.engine import PATCH_ACTS, Edit, PatchEngine, RunCache
+from headscope.patching.engine import PATCH_ACTS, Edit, PatchEngine, RunCache, shared_prefix
 
 
 @dataclass
@@ -115,11 +115,13 @@ def patch_all_heads(
     names, specs = _position_specs(positions, n, pos_len)
     values = torch.full((model.n_layers, n_units, len(names), n), float("nan"))
     units = [(u, p) for u in range(n_units) for p in range(len(specs))]
+    prefix = shared_prefix(clean_tokens, corrupted_tokens)
     jobs = [(layer, chunk) for layer in sweep for chunk in engine.chunks(units, pos_len, "heads")]
     for layer, chunk in engine.progress_iter(jobs, f"patching {act}"):
         mask = head_masks(act, [(u, specs[p]) for u, p in chunk], n, pos_len, n_units)
         source = clean_cache.acts[(act, layer)].unsqueeze(0)
-        vals, _ = engine.run_edits(layer, corrupted_cache.resid_pre[layer], [Edit(act, layer, mask, source)], k=len(chunk))
+        vals, _ = engine.run_edits(layer, corrupted_cache.resid_pre[layer], [Edit(act, layer, mask, source)],
+                                   k=len(chunk), base=corrupted_cache, shared_prefix=prefix)
         for i, (u, p) in enumerate(chunk):
             values[layer, u, p] = vals[i].float().cpu()
     return HeadPatchResult(

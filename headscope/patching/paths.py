@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from headscope.errors import HeadscopeError
-from headscope.patching.engine import Edit, PatchEngine, RunCache
+from headscope.patching.engine import Edit, PatchEngine, RunCache, shared_prefix
 
 Head = tuple[int, int]
 
@@ -109,12 +109,13 @@ def path_patch(
     layers = [layer for layer in (sender_layers or range(model.n_layers)) if layer < last]
     values = torch.full((model.n_layers, model.n_heads, n), float("nan"))
     units = list(range(model.n_heads))
+    prefix = shared_prefix(clean_tokens, corrupted_tokens)
     jobs = [(layer, chunk) for layer in layers for chunk in engine.chunks(units, pos, "senders")]
     for layer, chunk in engine.progress_iter(jobs, "path patching"):
         k = len(chunk)
         if receivers.act == "resid":
             edits = _freeze_edits(model, layer, model.n_layers, chunk, k, n, pos, clean, corrupted)
-            vals, _ = engine.run_edits(layer, clean.resid_pre[layer], edits, k)
+            vals, _ = engine.run_edits(layer, clean.resid_pre[layer], edits, k, base=clean, shared_prefix=prefix)
         else:
             top = max(receivers.layers)
             edits = _freeze_edits(model, layer, top, chunk, k, n, pos, clean, corrupted)
@@ -134,7 +135,7 @@ def path_patch(
                 mask[:, :, :, units_r] = True
                 final.append(Edit(receivers.act, r, mask, acts.view(k, n, *acts.shape[1:])))
             start = min(receivers.layers)
-            vals, _ = engine.run_edits(start, clean.resid_pre[start], final, k)
+            vals, _ = engine.run_edits(start, clean.resid_pre[start], final, k, base=clean, shared_prefix=prefix)
         for i, h in enumerate(chunk):
             values[layer, h] = vals[i].float().cpu()
     return PathPatchResult(

@@ -1,11 +1,12 @@
-"""Greedy generation with head interventions (batched, no KV cache).
+"""Greedy generation with head interventions (batched, with the KV cache).
 
-``greedy_generate`` decodes several prompts at once. Rows are right-padded: under causal
-attention a row's real positions never attend to the padding after them, so no attention mask
-is needed; each step reruns the whole (padded) batch with the interventions applied
-(:func:`headscope.trace.stream.capture_stream`) and unembeds only each row's last real
-position. Without a KV cache each step costs a full forward pass, which is fine for
-the short answers used in behavioural checks (refusal, retrieval).
+``greedy_generate`` decodes several prompts at once. Prompts are grouped by length, so a batch
+needs neither padding nor an attention mask, and each group is decoded incrementally: one
+prefill pass over the prompts, then one single-token pass per new token that reuses the Hugging
+Face KV cache (:func:`headscope.trace.trace` with ``use_cache``). Interventions are applied in
+every pass, so the cached keys/values of the prompt already reflect them. Logits are computed
+at the last position only. Rows that have stopped keep being fed (their output is no longer
+recorded) until the whole group has stopped or reached ``max_new_tokens``.
 
 Stopping: a row stops at EOS / end-of-turn tokens (:func:`stop_token_ids`) or after
 ``max_new_tokens``. (:func:`headscope.analyzers.retrieval_heads.greedy_decode` is the
@@ -17,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from headscope.lens.core import final_logits
+import torch
+
 from headscope.progress import progress_bar
-from headscope.tasks.safety_requests import pad_id, pad_right
-from headscope.trace.stream import capture_stream
+from headscope.trace import trace
 
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>")
 
@@ -49,35 +50,40 @@ def greedy_generate(
     Args:
         prompts: token ids per prompt (already formatted, e.g. chat template applied).
         max_new_tokens: cap on generated tokens per prompt.
-        interventions: :mod:`headscope.interventions` objects applied at every step.
-        batch_size: prompts decoded together.
+        interventions: :mod:`headscope.interventions` objects applied at every step (they must
+            act on every position alike, as head ablations do, since each step sees only the
+            new position).
+        batch_size: most prompts decoded together (prompts of one length share a batch).
 
     Returns:
-        The generated ids per prompt (stop token excluded).
+        The generated ids per prompt, in prompt order (stop token excluded).
     """
     stops = stop_token_ids(model.tokenizer)
-    pad = pad_id(model.tokenizer)
-    out: list[list[int]] = []
-    starts = list(range(0, len(prompts), batch_size))
-    for start in progress_bar(starts, "generating", enabled=progress and len(starts) > 1):
-        seqs = [list(p) for p in prompts[start : start + batch_size]]
-        new: list[list[int]] = [[] for _ in seqs]
-        live = list(range(len(seqs)))
+    for p in prompts:
+        model.check_length(len(p) + max_new_tokens)
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    batches = [idx[s : s + batch_size] for idx in by_len.values() for s in range(0, len(idx), batch_size)]
+    out: list[list[int]] = [[] for _ in prompts]
+    for idx in progress_bar(batches, "generating", enabled=progress and len(batches) > 1):
+        tokens = torch.tensor([list(prompts[i]) for i in idx], dtype=torch.long)
+        live = [True] * len(idx)
+        step_input, cache = tokens, None
         for _ in range(max_new_tokens):
-            if not live:
-                break
-            for row in (seqs[i] for i in live):
-                model.check_length(len(row))
-            tokens, last = pad_right([seqs[i] for i in live], pad)
-            normed = capture_stream(model, tokens, ["ln_final.hook_normalized"], list(interventions), positions=last)
-            nxt = final_logits(model, normed["ln_final.hook_normalized"]).argmax(-1).tolist()
-            still = []
-            for i, y in zip(live, nxt, strict=True):
-                if y in stops:
+            last = torch.full((len(idx),), step_input.shape[1] - 1, dtype=torch.long)
+            tr = trace(model, step_input, interventions=list(interventions), use_cache=True,
+                       past_key_values=cache, logit_positions=last)
+            cache = tr.past_key_values
+            nxt = tr.logits[:, -1].argmax(-1).cpu()
+            for j, y in enumerate(nxt.tolist()):
+                if not live[j]:
                     continue
-                seqs[i].append(int(y))
-                new[i].append(int(y))
-                still.append(i)
-            live = still
-        out.extend(new)
+                if y in stops:
+                    live[j] = False
+                else:
+                    out[idx[j]].append(int(y))
+            if not any(live):
+                break
+            step_input = nxt.view(-1, 1)
     return out

@@ -24,12 +24,13 @@ from headscope.toy.refusal import REFUSE, TRIGGER
 WORDS = "one two three four five six seven eight nine ten the and of is a first second third".split()
 
 
-def _files(tmp_path, n=10):
+def _files(tmp_path, n=10, ragged=False):
     rng = random.Random(0)
     harm, safe = [], []
     for i in range(n):
-        w = rng.sample(WORDS, 6)
-        j = rng.randrange(6)
+        m = 3 + i % 4 if ragged else 6
+        w = rng.sample(WORDS, m)
+        j = rng.randrange(m)
         harm.append(" ".join(w[:j] + [TRIGGER] + w[j:]))
         safe.append(" ".join(rng.sample(WORDS, 5 + i % 3)))
     (tmp_path / "harm.txt").write_text("\n".join(harm))
@@ -150,3 +151,33 @@ def test_cli_score_ships_writes_parquet_and_heatmap(tmp_path, task):
     assert scores.heads("ships_kl", k=1) == [(1, 1)]
     assert scores.provenance["options"]["eps"] == 0.02
     assert plot.stat().st_size > 0
+
+
+@pytest.mark.parametrize("model_name", ["toy-gqa", "toy-refusal"])
+@pytest.mark.parametrize("ablation", ["query_scale", "mean", "zero"])
+def test_engine_ships_equals_one_ablation_per_forward(model_name, ablation, tmp_path):
+    """The batched engine sweep equals ablating each head through the intervention layer."""
+    from headscope.analyzers.ships import ablation_means, kl_div, select_heads, single_head_kls
+    from headscope.lens.core import final_logits
+    from headscope.safety.ablation import build_ablation
+    from headscope.trace.stream import capture_stream
+
+    model = headscope.load_model(model_name)
+    harm, safe = _files(tmp_path, ragged=True)
+    task = make_task("safety", source=harm, harmless=safe, n_prompts=10)
+    tokens, last = task.batch(model, "harmful")
+    assert len(set(last.tolist())) > 1  # ragged prompts: the engine's END groups are exercised
+    heads = select_heads(model, None)
+    means = ablation_means(model, task, ablation, heads, None)
+
+    def logprobs(ivs):
+        normed = capture_stream(model, tokens, ["ln_final.hook_normalized"], ivs, None, positions=last)
+        return final_logits(model, normed["ln_final.hook_normalized"]).log_softmax(-1)
+
+    base = logprobs([])
+    got_base, got = single_head_kls(model, tokens, last, heads, ablation, 0.01, means, max_rows=2 * len(last))
+    assert (got_base - base).abs().max() < 1e-4
+    for head in heads:
+        want = kl_div(base, logprobs(build_ablation(ablation, [head], 0.01, means)))
+        assert torch.allclose(got[head], want, atol=1e-5, rtol=1e-3), head
+    assert max(float(v.max()) for v in got.values()) > 1e-3  # some ablation moves the distribution

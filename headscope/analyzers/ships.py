@@ -13,6 +13,14 @@ most (e.g. away from "I'm sorry") scores highest.
 Choices (recorded): ``ablation`` -- ``query_scale`` (default, the paper's: query times ``eps``,
 near-uniform attention), ``mean`` (z = its mean over the harmless prompts' real positions) or
 ``zero``; ``eps``; last real token of right-padded batches; natural-log KL.
+
+Computation: single-head ablations are edits on the patching engine
+(:mod:`headscope.patching.engine`): one forward per layer serves all of that layer's heads (one
+batch slice each), starts from the cached residual entering the layer, runs each length group
+of prompts only up to its last token, and unembeds only that token. Query scaling is the edit
+``q_h := eps * q_h`` (the residual entering the head's layer is the unablated one, so its
+unablated q is the cached one); the result equals ablating through
+:mod:`headscope.interventions` one head per forward (tested).
 """
 
 from __future__ import annotations
@@ -24,11 +32,9 @@ import torch
 
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
-from headscope.lens.core import final_logits
-from headscope.progress import progress_bar
+from headscope.patching.engine import Edit, PatchEngine
 from headscope.results import HeadScores, build_provenance
-from headscope.safety.ablation import build_ablation, check_ablation, masked_mean_z
-from headscope.trace.stream import capture_stream
+from headscope.safety.ablation import check_ablation, masked_mean_z
 
 Head = tuple[int, int]
 
@@ -56,22 +62,72 @@ def kl_div(base_logp: torch.Tensor, new_logp: torch.Tensor) -> torch.Tensor:
     return (base_logp.exp() * (base_logp - new_logp)).sum(-1)
 
 
-def last_logprobs(model: Any, tokens: torch.Tensor, last: torch.Tensor, interventions: list[Any], batch_size: int | None) -> torch.Tensor:
-    """Log-probabilities of the next token at each row's last real position: (batch, d_vocab).
-
-    The final norm's output is captured at those positions only and unembedded there, so the
-    (batch, pos, d_vocab) logits of every position are never computed.
-    """
-    normed = capture_stream(model, tokens, ["ln_final.hook_normalized"], interventions, batch_size, positions=last)
-    return final_logits(model, normed["ln_final.hook_normalized"]).log_softmax(-1)
-
-
 def ablation_means(model: Any, task: Any, ablation: str, heads: list[Head], batch_size: int | None) -> dict[int, torch.Tensor] | None:
     """Mean z over the harmless prompts (only for ``mean`` ablation)."""
     if ablation != "mean":
         return None
     tokens, last = task.batch(model, "harmless")
     return masked_mean_z(model, tokens, last, [layer for layer, _ in heads], batch_size)
+
+
+def ablation_edit(ablation: str, layer: int, mask: torch.Tensor, eps: float, base_q: torch.Tensor | None,
+                  means: dict[int, torch.Tensor] | None) -> Edit:
+    """The engine edit that ablates the heads in ``mask`` (k, n, pos, n_heads) at ``layer``."""
+    if ablation == "query_scale":
+        assert base_q is not None
+        return Edit("q", layer, mask, (eps * base_q).unsqueeze(0))  # base_q: (n, pos, heads, d_head)
+    if ablation == "zero":
+        return Edit("z", layer, mask, torch.zeros(1, 1, 1, 1, 1))
+    assert means is not None
+    return Edit("z", layer, mask, means[layer].reshape(1, 1, 1, *means[layer].shape))
+
+
+def single_head_kls(
+    model: Any,
+    tokens: torch.Tensor,
+    last: torch.Tensor,
+    heads: list[Head],
+    ablation: str = "query_scale",
+    eps: float = 1e-2,
+    means: dict[int, torch.Tensor] | None = None,
+    max_rows: int | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict[Head, torch.Tensor]]:
+    """KL(p_base || p_ablated) at each row's ``last`` position, one head ablated at a time.
+
+    Args:
+        tokens: (n, pos) right-padded prompts; ``last``: (n,) their last real positions.
+        heads: heads to ablate (one per slice); ``means``: layer -> (n_heads, d_head) for ``mean``.
+
+    Returns:
+        ``(base log-probs (n, d_vocab), {head: (n,) KL})``.
+    """
+    layers = sorted({layer for layer, _ in heads})
+    state: dict[str, torch.Tensor] = {}
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:  # (k * n, d_vocab) -> (k * n,)
+        k = logits.shape[0] // state["base"].shape[0]
+        return kl_div(state["base"].repeat(k, 1), logits.float().log_softmax(-1))
+
+    engine = PatchEngine(model, last, metric, max_rows=max_rows, progress=progress)
+    acts = ("q",) if ablation == "query_scale" else ()
+    cache = engine.cache_run(tokens, acts=acts, layers=layers)
+    assert cache.end_logits is not None
+    state["base"] = cache.end_logits.float().log_softmax(-1)
+    n, pos = tokens.shape
+    out: dict[Head, torch.Tensor] = {}
+    jobs = [(layer, chunk) for layer in layers
+            for chunk in engine.chunks([h for lay, h in heads if lay == layer], int(pos), "heads")]
+    for layer, chunk in engine.progress_iter(jobs, "ships"):
+        mask = torch.zeros(len(chunk), n, pos, model.n_heads, dtype=torch.bool)
+        for i, h in enumerate(chunk):
+            mask[i, :, :, h] = True
+        edit = ablation_edit(ablation, layer, mask, eps, cache.acts.get(("q", layer)), means)
+        vals, _ = engine.run_edits(layer, cache.resid_pre[layer], [edit], k=len(chunk))
+        assert vals is not None
+        for i, h in enumerate(chunk):
+            out[(layer, h)] = vals[i].float().cpu()
+    return state["base"].cpu(), out
 
 
 @register_analyzer(
@@ -96,7 +152,8 @@ def ships(
         eps: query scale for ``query_scale``.
         heads: only these heads ("L.H,..."); others get NaN.
         layers: only the heads of these layers ("A-B" or "A,B").
-        batch_size: prompts per forward pass.
+        batch_size: prompts per forward pass of the mean-z reference run (the sweep itself is
+            chunked by the patching engine's memory budget).
         progress: progress bar over heads.
 
     Returns:
@@ -106,11 +163,10 @@ def ships(
     chosen = select_heads(model, heads, layers)
     tokens, last = task.batch(model, "harmful")
     means = ablation_means(model, task, ablation, chosen, batch_size)
-    base = last_logprobs(model, tokens, last, [], batch_size)
+    base, kls = single_head_kls(model, tokens, last, chosen, ablation, eps, means, progress=progress)
     shape = (model.n_layers, model.n_heads)
     score, err = np.full(shape, np.nan), np.full(shape, np.nan)
-    for head in progress_bar(chosen, "ships", enabled=progress):
-        kl = kl_div(base, last_logprobs(model, tokens, last, build_ablation(ablation, [head], eps, means), batch_size))
+    for head, kl in kls.items():
         score[head] = float(kl.mean())
         err[head] = float(kl.std() / np.sqrt(len(kl))) if len(kl) > 1 else 0.0
     refuse_top = [model.tokenizer.decode([int(i)]) for i in base.argmax(-1)]

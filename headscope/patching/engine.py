@@ -50,6 +50,7 @@ from torch import nn
 
 from headscope.errors import HeadscopeError
 from headscope.progress import progress_bar
+from headscope.trace.tracer import gather_positions
 
 ACT_HOOKS = {
     "z": "blocks.{l}.attn.hook_z",
@@ -226,13 +227,7 @@ class PatchEngine:
             setattr(owner, name, full)
 
     def _gather_hook(self, k: int, pos_len: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-        end = self.end.repeat(k)
-
-        def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            rows = torch.arange(x.shape[0], device=x.device)
-            return x[rows, end.to(x.device)].unsqueeze(1)
-
-        return fn
+        return gather_positions(self.end.repeat(k))
 
     def _run(
         self,
@@ -302,7 +297,7 @@ class PatchEngine:
                 (alias, self._edit_hook([_window(e, rows, prefix, hi, self.n) for e in lst], k, n_rows))
                 for alias, lst in by_alias.items()
             ]
-            hooks.append(("unembed.hook_in", _gather_at((self.end[rows] - prefix).repeat(k))))
+            hooks.append(("unembed.hook_in", gather_positions((self.end[rows] - prefix).repeat(k))))
             device = self.model.device
             inp = resid.to(device)[rows.to(device), prefix:hi].repeat(k, 1, 1)
             cache = _prefix_cache(base, rows, prefix, k) if prefix else None
@@ -395,16 +390,6 @@ class PatchEngine:
 
     def progress_iter(self, chunks: Sequence[Any], label: str):
         return progress_bar(chunks, label, enabled=self.progress and len(chunks) > 1)
-
-
-def _gather_at(positions: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-    """Hook keeping one position per row: (rows, pos, d) -> (rows, 1, d)."""
-
-    def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        rows = torch.arange(x.shape[0], device=x.device)
-        return x[rows, positions.to(x.device)].unsqueeze(1)
-
-    return fn
 
 
 def _window(e: Edit, rows: torch.Tensor, lo: int, hi: int, n: int) -> Edit:

@@ -91,6 +91,7 @@ def trace(
     interventions: Sequence[Any] = (),
     use_cache: bool = False,
     past_key_values: Any = None,
+    logit_positions: torch.Tensor | None = None,
 ) -> Trace:
     """Run ``model`` on ``tokens`` and capture per-head activations.
 
@@ -114,6 +115,9 @@ def trace(
         past_key_values: a cache from an earlier ``use_cache`` trace; ``tokens`` are then only
             the new positions, and pattern/scores rows cover the new queries over all keys,
             (batch, head, n_new, n_past + n_new).
+        logit_positions: optional (batch,) position per row (within ``tokens``): the logits are
+            then computed at that position only, ``Trace.logits`` is (batch, 1, d_vocab) and
+            the unembedding of every other position is skipped. Implies ``keep_logits``.
 
     Returns:
         A :class:`Trace`. Raises :class:`TracerError` if any hook failed to fire.
@@ -130,6 +134,10 @@ def trace(
     model.check_length(n_past + int(tokens.shape[1]))
     if use_cache or past_key_values is not None:
         use_cache, keep_logits, batch_size = True, True, None
+    if logit_positions is not None:
+        keep_logits = True
+        if logit_positions.shape != (tokens.shape[0],):
+            raise TracerError(f"logit_positions must be ({tokens.shape[0]},); got {tuple(logit_positions.shape)}.")
     layer_list, head_list = _check_selection(model, layers, heads)
     kv_head_of = {h: model.kv_head(h) for h in range(model.n_heads)}
     head_index = torch.tensor(head_list, device=model.device)
@@ -214,6 +222,8 @@ def trace(
             if past_key_values is not None:
                 kwargs["past_key_values"] = past_key_values
             edits = intervention_hooks(model, interventions, slice(start, start + len(batch)))
+            if logit_positions is not None:
+                edits = [*edits, ("unembed.hook_in", gather_positions(logit_positions[start : start + step]))]
             out = bridge.run_with_hooks(
                 batch,
                 fwd_hooks=edits + fwd_hooks,
@@ -241,3 +251,13 @@ def trace(
         logits=torch.cat(logit_chunks) if logit_chunks else None,
         past_key_values=past_key_values if use_cache else None,
     )
+
+
+def gather_positions(positions: torch.Tensor):  # noqa: ANN202 - hook signature is the bridge's
+    """Hook on the unembedding's input keeping one position per row: (b, pos, d) -> (b, 1, d)."""
+
+    def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        rows = torch.arange(x.shape[0], device=x.device)
+        return x[rows, positions.to(x.device)].unsqueeze(1)
+
+    return hook

@@ -11,7 +11,8 @@ import headscope
 from headscope.errors import HeadscopeError
 from headscope.lens.core import head_vectors, lens_logits
 from headscope.lens.store import HeadLens, load_lens, read_lens_file
-from headscope.lens.train import collect, heldout_kl, train_lens
+from headscope.lens.core import final_logits
+from headscope.lens.train import collect, constant_kl, heldout_kl, train_lens
 from headscope.tasks import make_task
 
 HEADS = [(1, 1), (0, 0)]
@@ -50,6 +51,23 @@ def test_resume_reproduces_uninterrupted_run(toy, toy_data, tmp_path):
         train_lens(toy, [(1, 0)], train, steps=8, checkpoint_dir=tmp_path, resume=True)
 
 
+def test_constant_baseline_is_a_bias_only_lens(toy, toy_data):
+    """A lens that ignores its head (A = 0, c = 0) with bias log(mean training p_model) scores
+    exactly the best-constant KL."""
+    train, held = toy_data
+    with torch.inference_mode():
+        mean_p = final_logits(toy, train.teacher).float().softmax(-1).mean(0)
+    lens = HeadLens(toy, HEADS, "factored")
+    with torch.no_grad():
+        for name, p in lens.params.items():
+            p.zero_()
+            if name.endswith("_b"):
+                p.copy_(mean_p.clamp_min(1e-30).log())
+    base = constant_kl(toy, train, held)
+    for key, kls in heldout_kl(toy, lens, held).items():
+        assert kls["trained"] == pytest.approx(base, rel=1e-4), key
+
+
 def test_safetensors_round_trip(toy, toy_data, tmp_path):
     train, held = toy_data
     lens, _ = train_lens(toy, HEADS, train, steps=5, lr=1e-2, batch_tokens=16)
@@ -73,7 +91,7 @@ def test_cli_train_then_decode(tmp_path, capsys):
     main(["lens", "train", "--model", "toy-copying", "--heads", "1.1", "--steps", "3", "--seq-len", "16", "--n-train", "4",
           "--n-eval", "2", "--batch-tokens", "8", "--out", str(out), "--scores", str(scores)])
     assert "held-out KL" in capsys.readouterr().out
-    assert set(read_parquet(scores).metrics) == {"heldout_kl_trained", "heldout_kl_free", "kl_gain"}
+    assert set(read_parquet(scores).metrics) == {"heldout_kl_trained", "heldout_kl_free", "kl_gain", "heldout_kl_constant"}
     main(["lens", "decode", "--model", "toy-copying", "--heads", "1.1", "--prompt", "one two three", "--lens", str(out)])
     assert "trained_lens" in capsys.readouterr().out
 

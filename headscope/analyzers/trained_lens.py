@@ -4,7 +4,9 @@ Trains one lens per selected head on the ``corpus`` task's training windows
 (:mod:`headscope.lens.train`) and scores each head by held-out KL(p_model || lens), for the
 trained lens and for the training-free lens (``ln="residual"``, which is the trained lens at
 initialisation). Lower is better; ``kl_gain`` = training-free minus trained. Heads not trained
-get NaN. ``save=PATH.safetensors`` also writes the lens (reload it with
+get NaN. ``heldout_kl_constant`` is the head-independent reference of the best constant
+prediction (the mean training next-token distribution): a lens must beat it to show that it
+reads information from the head rather than token frequencies. ``save=PATH.safetensors`` also writes the lens (reload it with
 :func:`headscope.lens.store.load_lens` or ``headscope lens decode --lens PATH``).
 
     headscope score --task corpus --analyzer trained_lens -o heads=18.6,23.2 -o steps=200
@@ -51,7 +53,8 @@ def trained_lens(
         progress: progress bar.
 
     Returns:
-        HeadScores with metrics ``heldout_kl_trained``, ``heldout_kl_free`` and ``kl_gain``.
+        HeadScores with metrics ``heldout_kl_trained``, ``heldout_kl_free``, ``kl_gain`` and
+        ``heldout_kl_constant``.
     """
     from headscope.lens.train import fit_and_evaluate
 
@@ -63,17 +66,18 @@ def trained_lens(
     if save:
         lens.save(save)
     shape = (model.n_layers, model.n_heads)
-    trained, free = np.full(shape, np.nan), np.full(shape, np.nan)
+    trained, free, const = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     for (layer, head) in chosen:
         trained[layer, head] = kls[f"{layer}.{head}"]["trained"]
         free[layer, head] = kls[f"{layer}.{head}"]["training_free"]
+        const[layer, head] = kls[f"{layer}.{head}"]["best_constant"]
     prov = build_provenance(
         model, task=task.describe(), analyzer="trained_lens",
         options={"heads": heads, "steps": steps, "lr": lr, "batch_tokens": batch_tokens, "param": param, "seed": seed,
                  "checkpoint_dir": checkpoint_dir, "resume": resume, "save": save},
         choices={"objective": "KL(p_model || softmax(lens(head output / residual final-norm scale)))",
                  "init": "final-norm-weighted W_U (= training-free lens, ln=residual)", "param": param,
-                 "optimiser": "Adam", "eval": "held-out documents of the corpus", "final_loss": losses[-1] if losses else None,
+                 "optimiser": "Adam", "constant_baseline": "mean training next-token distribution of the model", "eval": "held-out documents of the corpus", "final_loss": losses[-1] if losses else None,
                  "n_eval_tokens": int(lens.metadata.get("n_eval_tokens", 0))},
         seed=seed,
     )
@@ -81,6 +85,7 @@ def trained_lens(
     return HeadScores.concat(
         [HeadScores.from_matrix(trained, metric="heldout_kl_trained", **common),
          HeadScores.from_matrix(free, metric="heldout_kl_free", **common),
-         HeadScores.from_matrix(free - trained, metric="kl_gain", **common)],
+         HeadScores.from_matrix(free - trained, metric="kl_gain", **common),
+         HeadScores.from_matrix(const, metric="heldout_kl_constant", **common)],
         provenance=prov,
     )

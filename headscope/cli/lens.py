@@ -114,12 +114,13 @@ def train(
                           checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, checkpoint_every=checkpoint_every,
                           resume=resume, save=str(out), progress=True)
     table = Table(title=f"held-out KL(p_model || lens), nats ({steps} steps, {param})")
-    for col in ("head", "training-free", "trained", "gain"):
+    for col in ("head", "training-free", "trained", "gain", "best constant"):
         table.add_column(col)
     for head in loaded.parse_heads(heads):
         row = {m: result[(result["metric"] == m) & (result["layer"] == head[0]) & (result["head"] == head[1])]["score"].iloc[0]
-               for m in ("heldout_kl_free", "heldout_kl_trained", "kl_gain")}
-        table.add_row(f"{head[0]}.{head[1]}", f"{row['heldout_kl_free']:.3f}", f"{row['heldout_kl_trained']:.3f}", f"{row['kl_gain']:.3f}")
+               for m in ("heldout_kl_free", "heldout_kl_trained", "kl_gain", "heldout_kl_constant")}
+        table.add_row(f"{head[0]}.{head[1]}", f"{row['heldout_kl_free']:.3f}", f"{row['heldout_kl_trained']:.3f}",
+                      f"{row['kl_gain']:.3f}", f"{row['heldout_kl_constant']:.3f}")
     console.print(table)
     console.print(f"wrote {out}")
     if scores is not None:

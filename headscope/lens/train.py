@@ -17,6 +17,10 @@ Optimiser: Adam (``lr``). Checkpoints: every ``checkpoint_every`` steps to
 
 Evaluation (:func:`heldout_kl`): the same KL on the held-out windows, for the trained lens and
 for the training-free lens (``ln="residual"``, which is the trained lens at initialisation).
+A head-independent reference is reported beside them (:func:`constant_kl`): the best
+*constant* prediction, the teacher's mean next-token distribution over the training tokens
+(the minimiser of the expected KL(p || q) over constant q). A lens that only learns token
+frequencies through its bias reaches this value; a lens below it reads something from the head.
 """
 
 from __future__ import annotations
@@ -184,6 +188,22 @@ def heldout_kl(model: Any, lens: HeadLens, data: LensData, chunk: int = 256) -> 
     return out
 
 
+def constant_kl(model: Any, train: LensData, held: LensData, chunk: int = 256) -> float:
+    """Held-out KL(p_model || q_mean) of the best constant predictor, q_mean = mean training p_model."""
+    with torch.inference_mode():
+        total = None
+        for s in range(0, train.teacher.shape[0], chunk):
+            p = final_logits(model, train.teacher[s : s + chunk]).float().softmax(-1).sum(0)
+            total = p if total is None else total + p
+        assert total is not None
+        log_q = (total / train.teacher.shape[0]).clamp_min(1e-30).log()
+        kl, n = 0.0, held.teacher.shape[0]
+        for s in range(0, n, chunk):
+            teacher = final_logits(model, held.teacher[s : s + chunk]).float().log_softmax(-1)
+            kl += float((teacher.exp() * (teacher - log_q)).sum(-1).sum())
+    return kl / n
+
+
 def fit_and_evaluate(
     model: Any,
     task: Any,
@@ -201,8 +221,8 @@ def fit_and_evaluate(
     """Collect the corpus task's train/eval windows, train, and measure held-out KLs.
 
     Returns:
-        ``(lens, {"L.H": {"trained": kl, "training_free": kl}}, losses)``; the KLs are also in
-        ``lens.metadata`` (saved with the file).
+        ``(lens, {"L.H": {"trained": kl, "training_free": kl, "best_constant": kl}}, losses)``;
+        the KLs are also in ``lens.metadata`` (saved with the file).
     """
     train = collect(model, task.windows(model, "train"), heads)
     held = collect(model, task.windows(model, "eval"), heads)
@@ -210,6 +230,9 @@ def fit_and_evaluate(
     lens, losses = train_lens(model, heads, train, steps, lr, batch_tokens, param, seed, checkpoint_dir,
                               checkpoint_every, resume, progress, meta)
     kls = heldout_kl(model, lens, held)
+    best_constant = constant_kl(model, train, held)
+    for entry in kls.values():
+        entry["best_constant"] = best_constant
     lens.metadata["heldout_kl"] = json.dumps(kls)
     lens.metadata["n_train_tokens"] = str(train.x.shape[0])
     lens.metadata["n_eval_tokens"] = str(held.x.shape[0])

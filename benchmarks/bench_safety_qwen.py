@@ -5,11 +5,14 @@ Zhou et al. 2024 ("On the Role of Attention Heads in Large Language Model Safety
 1. Ships (query scaling, eps) for the heads of ``--layers`` (default all 24 x 14) on
    ``--n-ships`` built-in harmful requests (chat template applied);
 2. Sahara: greedy set of ``--steps`` heads among the ``--candidates`` top Ships heads;
-3. behavioural check (``--top-ships K`` adds the top-K Ships heads as a second safety set;
-   ``--reuse`` reuses the Ships/Sahara files already in ``--out``): greedy answers (``--max-new`` tokens) to ``--n-gen`` harmful requests with
-   no ablation, the Sahara heads ablated, and ``--n-random`` random head sets of the same size;
-   refusal rates from the phrase detector (:mod:`headscope.safety.refusal`). The harmless
-   requests' refusal rate without ablation is reported as the detector's false-positive check.
+3. behavioural check: greedy answers (``--max-new`` tokens, KV-cached) to ``--n-gen`` harmful
+   requests with no ablation, the Sahara heads ablated, the top-K Ships heads ablated for each
+   K in ``--top-ships``, and for every set ``--n-random`` random head sets of the same size
+   (``--ablation``, default query scaling). Refusal rates come from the phrase detector
+   (:mod:`headscope.safety.refusal`). The same conditions are run on the harmless requests
+   (skip with ``--no-harmless-check``): their refusal rate is the detector's false-positive
+   check without ablation, and the over-refusal an ablation causes with it. ``--reuse`` reuses
+   the Ships/Sahara files already in ``--out``.
 
 Needs the Qwen parts (``make setup-qwen``); skips with a message otherwise. Not run in CI.
 Writes ``results/qwen_safety_ships.parquet``, ``..._sahara.parquet``, heatmaps (.html) and
@@ -41,7 +44,9 @@ def main() -> None:
     ap.add_argument("--max-new", type=int, default=24)
     ap.add_argument("--n-random", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--top-ships", type=int, default=10, help="also check ablating the top-K Ships heads (0: skip)")
+    ap.add_argument("--top-ships", default="10,30,60", help="also check ablating the top-K Ships heads, for each K listed ('' skips)")
+    ap.add_argument("--no-harmless-check", action="store_true", help="skip generating for the harmless requests under every condition")
+    ap.add_argument("--ablation", default="query_scale", help="ablation for the refusal check: query_scale, mean or zero")
     ap.add_argument("--reuse", action="store_true", help="reuse Ships/Sahara parquet files in --out instead of recomputing")
     ap.add_argument("--out", default="results")
     args = ap.parse_args()
@@ -58,7 +63,6 @@ def main() -> None:
     from headscope.analyzers import run_analyzer
     from headscope.plots import head_heatmap, save_html
     from headscope.safety.check import refusal_check
-    from headscope.safety.refusal import refusal_rate
     from headscope.tasks import make_task
 
     torch.manual_seed(args.seed)
@@ -99,23 +103,26 @@ def main() -> None:
     t = time.perf_counter()
     gen_task = make_task("safety", n_prompts=args.n_gen, seed=args.seed + 1)
     heads = model.parse_heads(",".join(selected))
-    check = refusal_check(model, gen_task, heads, n_random=args.n_random, max_new_tokens=args.max_new,
-                          eps=args.eps, seed=args.seed, batch_size=args.n_gen, progress=True)
-    from headscope.generation import greedy_generate
-
-    harmless_ids = greedy_generate(model, gen_task.token_rows(model, "harmless"), args.max_new, batch_size=args.n_gen)
-    harmless_txt = [model.tokenizer.decode(x, skip_special_tokens=True) for x in harmless_ids]
-    if args.top_ships:
-        top_heads = ships.heads("ships_kl", k=args.top_ships)
-        extra = refusal_check(model, gen_task, top_heads, n_random=args.n_random, max_new_tokens=args.max_new,
-                              eps=args.eps, seed=args.seed + 100, batch_size=args.n_gen, progress=True)
-        for name, cond in extra["conditions"].items():
-            if name != "base":
-                check["conditions"][f"top{args.top_ships}_ships_{name}"] = cond
+    splits = ["harmful"] if args.no_harmless_check else ["harmful", "harmless"]
+    check: dict = {"conditions": {}}
+    for split in splits:
+        sets = [("", heads, args.seed)] + [(f"top{k}_ships_", ships.heads("ships_kl", k=k), args.seed + 100 + k)
+                                           for k in [int(x) for x in str(args.top_ships).split(",") if x.strip()]]
+        for prefix, hs, seed in sets:
+            got = refusal_check(model, gen_task, hs, n_random=args.n_random, max_new_tokens=args.max_new,
+                                ablation=args.ablation, eps=args.eps, seed=seed, batch_size=args.n_gen,
+                                progress=True, include_base=not prefix, split=split)
+            check["choices"] = got["choices"]
+            for name, cond in got["conditions"].items():
+                check["conditions"][f"{prefix}{name}" + ("" if split == "harmful" else "@harmless")] = cond
     timings["generation_s"] = time.perf_counter() - t
     rates = {k: v["refusal_rate"] for k, v in check["conditions"].items()}
-    rates["harmless_base"] = refusal_rate(harmless_txt)
     print("refusal rates:", json.dumps(rates), flush=True)
+    print(f"\n{'condition':28s} {'heads':>5s} {'harmful':>8s} {'harmless':>8s}")
+    for name, cond in check["conditions"].items():
+        if not name.endswith("@harmless"):
+            other = rates.get(f"{name}@harmless", float("nan"))
+            print(f"{name:28s} {len(cond['heads']):5d} {cond['refusal_rate']:8.3f} {other:8.3f}")
     for name, cond in check["conditions"].items():
         print(f"--- {name} {cond['heads']}: {cond['responses'][0]!r} | {cond['responses'][1]!r}")
     summary = {
@@ -123,7 +130,7 @@ def main() -> None:
         "ships_top10": [{"head": r.label, "kl": r.score, "stderr": r.stderr} for r in top.itertuples()],
         "base_first_tokens": ships.provenance["choices"]["base_top_tokens"],
         "sahara": {"selected": selected, "set_angle_per_step": sah.provenance["choices"]["set_angle_per_step"]},
-        "refusal_rates": rates, "conditions": check["conditions"], "harmless_responses": harmless_txt,
+        "refusal_rates": rates, "conditions": check["conditions"],
         "choices": check["choices"],
     }
     (out / "qwen_safety_summary.json").write_text(json.dumps(summary, indent=1))

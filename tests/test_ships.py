@@ -126,6 +126,16 @@ def test_generation_and_behavioural_check_on_planted_head(toy, task):
     assert rates["base"] == 1.0 and rates["safety_heads"] == 0.0
     assert rates["random_1"] == 1.0 and rates["random_2"] == 1.0
     assert "1.1" not in out["conditions"]["random_1"]["heads"]
+    # the same conditions on the harmless requests (no trigger): the planted head's ablation
+    # refuses nothing, and the random control sets are the same heads as on the harmful split
+    harmless = refusal_check(toy, task, [(1, 1)], n_random=2, max_new_tokens=2, ablation="zero", detector=says_refuse,
+                             split="harmless")
+    assert harmless["choices"]["split"] == "harmless"
+    assert harmless["conditions"]["base"]["refusal_rate"] == 0.0  # 1.0 on the harmful split
+    assert harmless["conditions"]["safety_heads"]["refusal_rate"] == 0.0
+    skip = refusal_check(toy, task, [(1, 1)], n_random=0, max_new_tokens=1, ablation="zero", include_base=False)
+    assert list(skip["conditions"]) == ["safety_heads"]
+    assert harmless["conditions"]["random_1"]["heads"] == out["conditions"]["random_1"]["heads"]
 
 
 @pytest.mark.smollm2

@@ -9,9 +9,8 @@ import torch
 
 import headscope
 from headscope.errors import HeadscopeError
-from headscope.lens.core import head_vectors, lens_logits
+from headscope.lens.core import final_logits, head_vectors, lens_logits
 from headscope.lens.store import HeadLens, load_lens, read_lens_file
-from headscope.lens.core import final_logits
 from headscope.lens.train import collect, constant_kl, heldout_kl, train_lens
 from headscope.tasks import make_task
 

@@ -92,8 +92,8 @@ def greedy_decode(
     step_input, cache = ids, None
     for _ in range(max_new_tokens):
         # incremental decoding with the KV cache: each step feeds only the newest token
-        tr = trace(model, step_input, reducers=reducers, interventions=interventions,
-                   use_cache=True, past_key_values=cache)
+        tr = trace(model, step_input, reducers=reducers, interventions=interventions, use_cache=True,
+                   past_key_values=cache, logit_positions=torch.tensor([step_input.shape[1] - 1]))
         cache = tr.past_key_values
         y = int(tr.logits[0, -1].argmax())
         if y in stops:
@@ -195,7 +195,7 @@ def retrieval_heads(
         options={"threshold": threshold, "rouge_reference": rouge_reference, "max_new_tokens": max_new_tokens,
                  "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed},
         choices={
-            "decoding": "greedy, no KV cache (each step reruns the prompt), stop at EOS/end-of-turn, at a token "
+            "decoding": "greedy with the KV cache (each step feeds only the new token), stop at EOS/end-of-turn, at a token "
             "ending a sentence or line, or after max_new_tokens",
             "copy_event": "top-1 attention of the last query inside the needle span on a token equal to "
             "the emitted token; distinct needle positions per head / needle length",

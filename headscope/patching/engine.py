@@ -2,7 +2,7 @@
 
 Exact activation patching of every head (Meng et al. 2022; Wang et al. 2022) is usually run as
 one forward pass per head (TransformerLens ``patching.get_act_patch_attn_head_out_all_pos``:
-``n_layers * n_heads`` passes). The engine computes the same numbers with three savings:
+``n_layers * n_heads`` passes). The engine computes the same numbers with four savings:
 
 1. **Batching.** The prompt batch (n rows) is replicated ``k`` times and slice ``i`` gets its
    own edit (a different head, position or sender), so one forward serves ``k`` patches.
@@ -32,7 +32,10 @@ one forward pass per head (TransformerLens ``patching.get_act_patch_attn_head_ou
    against a fixed per-forward overhead (``forward_overhead_tokens``).
 
 Windows apply to runs that read the metric (no ``capture``/``stop_at_layer``); those fall back to
-full-width forwards. Chunks are bounded by ``max_rows`` (rows per forward) for memory; a progress bar reports them.
+full-width forwards. Chunks are bounded by ``max_rows`` (rows per forward) for memory; a
+progress bar reports them. Measured on SmolLM2-135M, IOI, 16 prompts (``benchmarks/
+bench_patching.py``): all 270 heads in 28 s against 98 s for TransformerLens's sequential sweep,
+with identical results; savings 2-3 together give about 2.6x, the windows the rest.
 
 Every hook here is an intervention in the sense of :mod:`headscope.interventions`: this module
 is the shared layer that owns hooking for patching analyses; analyzers describe edits only.

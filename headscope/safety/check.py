@@ -41,17 +41,26 @@ def refusal_check(
     detector: Detector | str | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    include_base: bool = True,
+    split: str = "harmful",
 ) -> dict[str, Any]:
     """Generate under each condition and report refusal rates.
+
+    Conditions: ``base`` (no ablation; skipped with ``include_base=False``), ``safety_heads``
+    (``heads`` ablated together) and ``random_i`` (as many random other heads, seed ``seed + i``).
+    ``split="harmless"`` generates for the harmless requests instead: the same conditions then
+    measure over-refusal (an ablation that makes the model refuse everything is not a
+    safety-specific effect).
 
     Returns:
         ``{"conditions": {name: {"heads": [...], "refusal_rate": float, "responses": [...]}},
         "choices": {...}}``.
     """
     det = load_detector(detector)
-    rows = task.token_rows(model, "harmful")
+    rows = task.token_rows(model, split)
     heads = [(int(a), int(b)) for a, b in heads]
-    conds: dict[str, list[Head]] = {"base": [], "safety_heads": heads}
+    conds: dict[str, list[Head]] = {"base": []} if include_base else {}
+    conds["safety_heads"] = heads
     for i in range(n_random):
         conds[f"random_{i + 1}"] = random_heads(model, len(heads), heads, seed + i)
     means = None
@@ -66,4 +75,4 @@ def refusal_check(
         out[name] = {"heads": [f"{a}.{b}" for a, b in hs], "refusal_rate": sum(bool(det(t)) for t in texts) / max(1, len(texts)), "responses": texts}
     return {"conditions": out, "choices": {"ablation": ablation, "eps": eps, "max_new_tokens": max_new_tokens,
             "decoding": "greedy, chat template", "detector": getattr(det, "__name__", type(det).__name__), "seed": seed,
-            "n_prompts": len(rows)}}
+            "n_prompts": len(rows), "split": split}}

@@ -65,6 +65,7 @@ ERRORS = [
         (["score", "--model", "toy-induction", "--device", "cuda:3"], "no CUDA GPU"),
         (["show", "/nonexistent/r.parquet"], "no such results file"),
         (["score", "--model", "toy-induction", "--bogus-flag"], "No such option"),
+        (["scor", "--model", "toy-induction"], "Did you mean 'score'"),
 ]
 
 
@@ -86,8 +87,8 @@ def test_user_errors_are_one_line(args, message, tmp_path, monkeypatch, capsys) 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(list(args))
-    assert exit_info.value.code not in (0, None)
+    assert exit_info.value.code == 2  # a user error, not the internal-error exit (1)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert message in lines[0]
+    assert message in lines[0] and "internal error" not in lines[0]

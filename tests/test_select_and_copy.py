@@ -27,6 +27,26 @@ def test_builtin_questions_are_balanced_and_split():
         assert q["options"][q["answer"]] == orig["options"][orig["answer"]]
 
 
+def test_generated_questions_are_correct_and_seeded():
+    from headscope.tasks.mcqa_generated import MONTHS, WEEKDAYS, generated_questions
+
+    qs = generated_questions(80, seed=3)
+    assert qs == generated_questions(80, seed=3) and qs != generated_questions(80, seed=4)
+    assert len({q["answer"] for q in qs}) == 4
+    for q in qs:
+        right, text = q["options"][q["answer"]], q["question"]
+        assert len(set(q["options"])) == 4
+        if " plus " in text:
+            a, b = text.removeprefix("What is ").removesuffix("?").split(" plus ")
+            assert right == str(int(a) + int(b))
+        elif text.startswith("Which day"):
+            assert WEEKDAYS.index(right) == (WEEKDAYS.index(text.split()[-1][:-1]) + 1) % 7
+        elif text.startswith("Which month"):
+            assert MONTHS.index(right) == (MONTHS.index(text.split()[-1][:-1]) + 1) % 12
+    task = make_task("mcqa", generated=40)
+    assert len(task.questions()) == 48 + 40
+
+
 def test_bad_user_file(tmp_path):
     p = tmp_path / "q.json"
     p.write_text(json.dumps([{"question": "x?", "options": ["a"], "answer": 0}]))
@@ -40,9 +60,12 @@ def smol():
 
 
 @pytest.mark.smollm2
-def test_markers_hold_option_letters(smol):
-    task = make_task("mcqa", n_val=4)
+@pytest.mark.parametrize("chat", [False, True])
+def test_markers_hold_option_letters(smol, chat):
+    task = make_task("mcqa", n_val=4, chat=chat)
     val, _ = task.split(smol)
+    text = smol.tokenizer.decode(val[0].ids)
+    assert ("<|im_start|>assistant" in text) == chat and text.endswith("Answer:")
     for it in val:
         letters = [smol.tokenizer.decode([it.ids[m]]).strip() for m in it.markers]
         assert letters == ["A", "B", "C", "D"]

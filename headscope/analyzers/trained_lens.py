@@ -9,7 +9,7 @@ prediction (the mean training next-token distribution): a lens must beat it to s
 reads information from the head rather than token frequencies. ``save=PATH.safetensors`` also writes the lens (reload it with
 :func:`headscope.lens.store.load_lens` or ``headscope lens decode --lens PATH``).
 
-    headscope score --task corpus --analyzer trained_lens -o heads=18.6,23.2 -o steps=200
+    headscope score --task corpus --analyzer trained_lens -o heads=18.6,23.2 -o steps=300
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def trained_lens(
     model: Any,
     task: Any,
     heads: str = "",
-    steps: int = 200,
-    lr: float = 1e-3,
-    batch_tokens: int = 64,
+    steps: int = 300,
+    lr: float = 1e-2,
+    batch_tokens: int = 256,
     param: str = "factored",
     seed: int = 0,
     checkpoint_dir: str | None = None,

@@ -188,19 +188,31 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and a non-zero exit."""
     import click
 
+    try:  # typer >= 0.20 vendors its own click; its exceptions are not click's
+        from typer._click import exceptions as vendored
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        vendored = click.exceptions
+
+    def kinds(name: str) -> tuple[type[BaseException], ...]:
+        return tuple(k for k in (getattr(click.exceptions, name, None), getattr(vendored, name, None)) if k is not None)
+
+    abort, exit_, usage = kinds("Abort"), kinds("Exit"), kinds("ClickException")
+
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="headscope", standalone_mode=False)
     except HeadscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except click.exceptions.Exit as exc:
+    except exit_ as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.ClickException as exc:
-        print(f"error: {exc.format_message()} (see `headscope {' '.join(sys.argv[1:2])} --help`)", file=sys.stderr)
+    except usage as exc:
+        args = sys.argv[1:] if argv is None else list(argv)
+        sub = args[0] if args and args[0] in getattr(command, "commands", {}) else ""
+        print(f"error: {exc.format_message()} (see `{' '.join(['headscope', sub, '--help']).replace('  ', ' ')}`)", file=sys.stderr)
         sys.exit(exc.exit_code or 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
+from headscope.tasks.mcqa_generated import generated_questions
 from headscope.tasks.registry import register_task
 from headscope.tasks.safety_requests import pad_id, pad_right
 
@@ -65,6 +66,9 @@ class MCQAItem:
     n_options: int
 
 
+CHAT_INSTRUCTION = "Answer with the letter of the correct option."
+
+
 @register_task("mcqa", summary="multiple-choice questions (A/B/C/D) for select-and-copy heads", default_analyzer="select_and_copy")
 @dataclass
 class MCQATask:
@@ -75,17 +79,30 @@ class MCQATask:
         n_val: questions in the validation split (the rest are the test split).
         seed: shuffle seed.
         balance: rotate options so correct letters cycle A, B, C, D (built-in default).
+        chat: wrap the question in the model's chat template as a user turn (plus the line
+            "Answer with the letter of the correct option.") and start the assistant turn with
+            "Answer:"; ignored for tokenizers without a chat template. Off by default (the
+            plain completion format); instruction-tuned models usually need it.
+        generated: add this many generated questions (:mod:`headscope.tasks.mcqa_generated`:
+            capitals, addition, weekdays, months; seeded by ``seed``) to the file's questions.
     """
 
     path: str | None = None
     n_val: int = 16
     seed: int = 0
     balance: bool = True
+    chat: bool = False
+    generated: int = 0
     name: str = field(default="mcqa", init=False)
 
     def describe(self) -> dict[str, Any]:
         """Task name and parameters."""
-        return {"name": self.name, "path": self.path, "n_val": self.n_val, "seed": self.seed, "balance": self.balance}
+        return {"name": self.name, "path": self.path, "n_val": self.n_val, "seed": self.seed, "balance": self.balance,
+                "chat": self.chat, "generated": self.generated}
+
+    def uses_chat(self, model: Any) -> bool:
+        """Whether questions are chat-formatted for this model."""
+        return bool(self.chat and getattr(model.tokenizer, "chat_template", None))
 
     def questions(self) -> list[dict[str, Any]]:
         """Questions after balancing and the seeded shuffle."""
@@ -98,6 +115,9 @@ class MCQATask:
                 opts = [opts[(j - shift) % len(opts)] for j in range(len(opts))]
                 a = i % len(opts)
             out.append({"question": r["question"], "options": opts, "answer": a})
+        if self.generated < 0:
+            raise HeadscopeError("generated must be >= 0 (e.g. -o generated=200).")
+        out += generated_questions(self.generated, self.seed)
         order = torch.randperm(len(out), generator=torch.Generator().manual_seed(self.seed)).tolist()
         return [out[i] for i in order]
 
@@ -108,10 +128,20 @@ class MCQATask:
         for j, opt in enumerate(q["options"]):
             letter_at.append(len(text))
             text += f"{LETTERS[j]}. {opt}\n"
-        text += "Answer:"
+        bos = [model.bos_token_id] if model.prepend_bos and model.bos_token_id is not None else []
+        if self.uses_chat(model):
+            user = text + CHAT_INSTRUCTION
+            prefix = model.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                                         add_generation_prompt=True)
+            shift = prefix.find(user)
+            if shift < 0:
+                raise HeadscopeError("the chat template rewrites the question text; run the mcqa task with chat=false.")
+            letter_at = [c + shift for c in letter_at]
+            text, bos = prefix + "Answer:", []  # the template carries its own special tokens
+        else:
+            text += "Answer:"
         enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-        bos = [model.bos_token_id] if model.prepend_bos and model.bos_token_id is not None else []
         markers = []
         for c in letter_at:
             hit = [t for t, (s, e) in enumerate(offsets) if s <= c < e]

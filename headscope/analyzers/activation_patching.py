@@ -134,6 +134,7 @@ def activation_patching(
             "normalisation": "(patched - corrupted) / (clean - corrupted) of the prompt-mean metric",
             "metric": "logit difference logit[answer] - logit[wrong] at END",
             "gqa_kv": "k and v patched per KV head (all query heads of the group change)",
+            "engine": "exact: batched slices, layer-prefix reuse, END-group windows, shared-token-prefix KV reuse",
             "bos": bool(model.bos_token_id is not None and int(batch.clean[0, 0]) == model.bos_token_id),
             **baseline_choices(result),
         },

@@ -94,7 +94,7 @@ def ov_copying(
     topk, top1 = np.zeros(shape), np.zeros(shape)
     for layer, head, logits in iter_ov_logits(model, emb, None, ln):
         topk[layer, head], top1[layer, head] = copying_fraction(logits, tid.to(logits.device), top_k)
-    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    kv = model.kv_head_matrix()
     common = {"model": model.spec, "task": task.name, "analyzer": "ov_copying"}
     extra = {"n": len(ids), "kv_head": kv}
     provenance = build_provenance(

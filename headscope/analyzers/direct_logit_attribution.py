@@ -104,7 +104,7 @@ def direct_logit_attribution(model: Any, task: Any) -> HeadScores:
         },
         seed=info.get("seed"),
     )
-    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    kv = model.kv_head_matrix()
     return HeadScores.from_matrix(
         dla.mean(-1).numpy(), model=model.spec, task=task.name, analyzer="direct_logit_attribution",
         metric="dla", extra={"stderr": stderr, "n": n, "kv_head": kv}, provenance=provenance,

@@ -102,7 +102,7 @@ def echo_induction(
     n = per_prompt.shape[0]
     mean = per_prompt.mean(0)
     stderr = per_prompt.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
-    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    kv = model.kv_head_matrix()
     common = {"model": model.spec, "task": task.name, "analyzer": "echo_induction"}
     parts = []
     for i, metric in enumerate(("echo", "induction")):

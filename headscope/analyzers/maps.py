@@ -81,7 +81,7 @@ def maps(
     topk, top1 = np.zeros(shape), np.zeros(shape)
     for layer, head, logits in iter_ov_logits(model, emb, None, ln):
         topk[layer, head], top1[layer, head] = relation_fraction(logits, tgt_t.to(logits.device), top_k)
-    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    kv = model.kv_head_matrix()
     common = {"model": model.spec, "task": task.name, "analyzer": "maps"}
     extra = {"n": len(src), "kv_head": kv}
     prov = build_provenance(

@@ -67,7 +67,7 @@ def path_patching(
         },
         seed=info.get("seed"),
     )
-    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    kv = model.kv_head_matrix()
     return HeadScores.from_matrix(
         result.normalized().numpy(), model=model.spec, task=task.name, analyzer="path_patching",
         metric="path_patch", extra={"stderr": stderr, "n": n, "kv_head": kv, "position": "all"},

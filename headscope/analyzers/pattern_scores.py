@@ -119,7 +119,7 @@ def pattern_scores(
     n = per_prompt.shape[0]
     mean = per_prompt.mean(axis=0)
     stderr = per_prompt.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
-    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    kv = model.kv_head_matrix()
     task_info = task.describe()
     provenance = build_provenance(
         model,

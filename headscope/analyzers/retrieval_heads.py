@@ -39,6 +39,7 @@ import torch
 
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
+from headscope.generation import stop_token_ids
 from headscope.interventions import MaskQuery
 from headscope.progress import progress_bar
 from headscope.results import HeadScores, build_provenance
@@ -53,15 +54,6 @@ def rouge1_recall(response: str, reference: str) -> float:
     got = Counter(re.findall(r"\w+", response.lower()))
     total = sum(ref.values())
     return sum(min(n, got[w]) for w, n in ref.items()) / total if total else 0.0
-
-
-def _stop_ids(tokenizer: Any) -> set[int]:
-    ids = {tokenizer.eos_token_id}
-    for text in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(text)
-        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
-            ids.add(tid)
-    return {i for i in ids if i is not None}
 
 
 def _ends_sentence(piece: str) -> bool:
@@ -85,7 +77,7 @@ def greedy_decode(
     """
     ids = trial.tokens
     start, end = trial.needle_span
-    stops = _stop_ids(model.tokenizer)
+    stops = stop_token_ids(model.tokenizer)
     copied: list[list[set[int]]] = [[set() for _ in range(model.n_heads)] for _ in range(model.n_layers)]
     out: list[int] = []
     reducers = [last_query_argmax("top1")] if score else []
@@ -187,7 +179,7 @@ def retrieval_heads(
     if check_masking:
         causal = masking_check(model, trials, budgets, scores, mask_k, n_random, threshold, seed,
                                rouge_reference, progress, base_accuracy=summary["accuracy"])
-    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    kv = model.kv_head_matrix()
     provenance = build_provenance(
         model,
         task=task.describe(),

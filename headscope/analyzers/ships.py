@@ -182,5 +182,5 @@ def ships(
         },
     )
     common = {"model": model.spec, "task": task.name, "analyzer": "ships"}
-    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    kv = model.kv_head_matrix()
     return HeadScores.from_matrix(score, metric="ships_kl", extra={"stderr": err, "n": int(tokens.shape[0]), "kv_head": kv}, provenance=prov, **common)

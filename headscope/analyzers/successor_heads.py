@@ -128,7 +128,7 @@ def successor_heads(
             per_family[name][layer, head] = hits / n
         overall[layer, head] = sum(h for h, _ in acc.values()) / n_pairs
 
-    kv = np.array([[model.kv_head(h) for h in range(model.n_heads)]] * model.n_layers)
+    kv = model.kv_head_matrix()
     common = {"model": model.spec, "task": task.name, "analyzer": "successor_heads"}
     parts = [HeadScores.from_matrix(overall, metric="succession", extra={"n": n_pairs, "kv_head": kv}, **common)]
     for name, mat in per_family.items():

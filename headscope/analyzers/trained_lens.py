@@ -20,6 +20,7 @@ import numpy as np
 
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
+from headscope.lens.train import DEFAULT_BATCH_TOKENS, DEFAULT_LR, DEFAULT_STEPS
 from headscope.results import HeadScores, build_provenance
 
 
@@ -32,9 +33,9 @@ def trained_lens(
     model: Any,
     task: Any,
     heads: str = "",
-    steps: int = 300,
-    lr: float = 1e-2,
-    batch_tokens: int = 256,
+    steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_LR,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     param: str = "factored",
     seed: int = 0,
     checkpoint_dir: str | None = None,

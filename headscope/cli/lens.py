@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 
 from headscope.errors import HeadscopeError
+from headscope.lens.train import DEFAULT_BATCH_TOKENS, DEFAULT_LR, DEFAULT_STEPS
 
 lens_app = typer.Typer(help="Per-head lenses: decode heads to tokens; train Attention Lenses.", no_args_is_help=True)
 
@@ -82,9 +83,9 @@ def train(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="alias, toy-*, .gguf, directory or hub id"),
     heads: str = typer.Option(..., "--heads", help="heads as LAYER.HEAD, e.g. 18.6,23.2"),
     out: Path = typer.Option(..., "--out", help="where to save the lens (.safetensors)"),
-    steps: int = typer.Option(300, "--steps"),
-    lr: float = typer.Option(1e-2, "--lr"),
-    batch_tokens: int = typer.Option(256, "--batch-tokens", help="positions per step"),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps"),
+    lr: float = typer.Option(DEFAULT_LR, "--lr"),
+    batch_tokens: int = typer.Option(DEFAULT_BATCH_TOKENS, "--batch-tokens", help="positions per step"),
     param: str = typer.Option("factored", "--param", help="factored (A W_U + b) or full (d_model x d_vocab)"),
     source: str = typer.Option("pydoc", "--corpus", help="pydoc (offline), a .txt file or a hub dataset id"),
     seq_len: int = typer.Option(64, "--seq-len"),

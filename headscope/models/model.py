@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from headscope.errors import HeadscopeError
@@ -83,6 +84,11 @@ class Model:
     def bos_token_id(self) -> int | None:
         return self.tokenizer.bos_token_id
 
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer carries a chat template (tasks with a ``chat`` option use it)."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
     # ------------------------------------------------------------------ GQA
     @property
     def group_size(self) -> int:
@@ -92,6 +98,10 @@ class Model:
     def kv_head(self, head: int) -> int:
         """The KV head a query head reads (HF ``repeat_kv`` order: ``head // group_size``)."""
         return head // self.group_size
+
+    def kv_head_matrix(self) -> np.ndarray:
+        """(n_layers, n_heads) KV head of every query head: the ``kv_head`` column of HeadScores."""
+        return np.array([[self.kv_head(h) for h in range(self.n_heads)]] * self.n_layers)
 
     def kv_groups(self) -> dict[int, list[int]]:
         """KV head -> the query heads that share it."""

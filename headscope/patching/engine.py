@@ -204,7 +204,7 @@ class PatchEngine:
 
     def _run_keep_kv(self, tokens: torch.Tensor, hooks: list[tuple[str, Callable]]) -> tuple[torch.Tensor, Any]:
         """A full forward from tokens that also returns the per-layer KV cache (or None)."""
-        all_hooks = [*hooks, ("unembed.hook_in", self._gather_hook(1, int(tokens.shape[1])))]
+        all_hooks = [*hooks, ("unembed.hook_in", self._gather_hook(1))]
         if not self.windows:
             return self.bridge.run_with_hooks(tokens, fwd_hooks=all_hooks)[:, 0], None
         logits, cache = self.bridge.run_with_hooks(tokens, fwd_hooks=all_hooks, return_type="logits_and_cache")
@@ -229,7 +229,7 @@ class PatchEngine:
         finally:
             setattr(owner, name, full)
 
-    def _gather_hook(self, k: int, pos_len: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    def _gather_hook(self, k: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         return gather_positions(self.end.repeat(k))
 
     def _run(
@@ -242,10 +242,9 @@ class PatchEngine:
         stop_at_layer: int | None = None,
     ) -> torch.Tensor:
         """One forward; returns END logits (k*n, d_vocab), or None when stopping early."""
-        pos_len = int(inp.shape[1])
         all_hooks = list(hooks)
         if stop_at_layer is None:
-            all_hooks.append(("unembed.hook_in", self._gather_hook(k, pos_len)))
+            all_hooks.append(("unembed.hook_in", self._gather_hook(k)))
         if from_tokens:
             out = self.bridge.run_with_hooks(inp, fwd_hooks=all_hooks, stop_at_layer=stop_at_layer)
         else:

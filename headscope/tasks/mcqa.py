@@ -102,7 +102,7 @@ class MCQATask:
 
     def uses_chat(self, model: Any) -> bool:
         """Whether questions are chat-formatted for this model."""
-        return bool(self.chat and getattr(model.tokenizer, "chat_template", None))
+        return bool(self.chat and model.has_chat_template)
 
     def questions(self) -> list[dict[str, Any]]:
         """Questions after balancing and the seeded shuffle."""

@@ -120,7 +120,7 @@ class NeedleTask:
         tok = model.tokenizer
         marker = "\x00DOC\x00"
         user = f"{INSTRUCTION}{marker}\n\nQuestion: {question} Answer in one sentence."
-        if self.chat and getattr(tok, "chat_template", None):
+        if self.chat and model.has_chat_template:
             text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                            add_generation_prompt=True)
             bos: list[int] = []

@@ -171,7 +171,7 @@ class SafetyRequests:
 
     def uses_chat(self, model: Any) -> bool:
         """Whether prompts are chat-formatted for this model."""
-        return bool(self.chat_template and getattr(model.tokenizer, "chat_template", None))
+        return bool(self.chat_template and model.has_chat_template)
 
     def format(self, model: Any, texts: list[str]) -> list[str]:
         """Chat-formatted prompts (or the raw texts)."""

@@ -33,6 +33,7 @@ import torch
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
 from headscope.patching.engine import Edit, PatchEngine
+from headscope.patching.heads import head_masks
 from headscope.results import HeadScores, build_provenance
 from headscope.safety.ablation import check_ablation, masked_mean_z
 
@@ -119,9 +120,7 @@ def single_head_kls(
     jobs = [(layer, chunk) for layer in layers
             for chunk in engine.chunks([h for lay, h in heads if lay == layer], int(pos), "heads")]
     for layer, chunk in engine.progress_iter(jobs, "ships"):
-        mask = torch.zeros(len(chunk), n, pos, model.n_heads, dtype=torch.bool)
-        for i, h in enumerate(chunk):
-            mask[i, :, :, h] = True
+        mask = head_masks("z", [(h, None) for h in chunk], n, pos, model.n_heads)  # (k, n, pos, heads)
         edit = ablation_edit(ablation, layer, mask, eps, cache.acts.get(("q", layer)), means)
         vals, _ = engine.run_edits(layer, cache.resid_pre[layer], [edit], k=len(chunk))
         assert vals is not None

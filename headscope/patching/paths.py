@@ -30,6 +30,7 @@ import torch
 
 from headscope.errors import HeadscopeError
 from headscope.patching.engine import Edit, PatchEngine, RunCache, shared_prefix
+from headscope.patching.heads import head_masks
 
 Head = tuple[int, int]
 
@@ -86,9 +87,7 @@ def _freeze_edits(model, start: int, stop: int, senders: list[int], k: int, n: i
     for layer in range(start, stop):
         all_heads = torch.ones(1, 1, pos, model.n_heads, dtype=torch.bool).expand(k, n, -1, -1)
         edits.append(Edit("z", layer, all_heads, clean.acts[("z", layer)].unsqueeze(0)))
-    sender_mask = torch.zeros(k, n, pos, model.n_heads, dtype=torch.bool)
-    for i, h in enumerate(senders):
-        sender_mask[i, :, :, h] = True
+    sender_mask = head_masks("z", [(h, None) for h in senders], n, pos, model.n_heads)
     edits.append(Edit("z", start, sender_mask, corrupted.acts[("z", start)].unsqueeze(0)))
     return edits
 

@@ -3,14 +3,20 @@
 Contract: ``analyzer(model: Model, task: Task, **options) -> HeadScores``. Each analyzer
 states its methodological choices in its docstring and records them in the result's
 provenance under ``choices``.
+
+Presets: an analyzer may register named option sets (``presets={"paper": {...}}``). The option
+``preset=NAME`` (``-o preset=paper`` on the CLI) expands to that set; options given explicitly
+win over the preset's. The result's provenance records ``preset`` and the options it set
+(``preset_options``). A preset named ``paper`` reproduces the published algorithm and the
+authors' reference code (see ``docs/methods.md``).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from headscope.errors import HeadscopeError, suggest
@@ -43,21 +49,58 @@ class AnalyzerInfo:
     fn: Callable[..., Any]
     summary: str
     tasks: tuple[str, ...]
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def options(self) -> list[str]:
-        """Keyword options the analyzer accepts (beyond model and task)."""
+        """Keyword options the analyzer accepts (beyond model and task); ``preset`` if it has presets."""
         params = list(inspect.signature(self.fn).parameters.values())[2:]
-        return [p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        names = [p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        return [*names, "preset"] if self.presets and "preset" not in names else names
+
+    def expand_preset(self, options: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+        """``options`` with ``preset=NAME`` replaced by the preset's options (explicit ones win).
+
+        Returns:
+            ``(options to call the analyzer with, preset name or None, the options the preset set)``.
+        """
+        opts = dict(options)
+        name = opts.pop("preset", None)
+        if name is None:
+            return opts, None, {}
+        if name not in self.presets:
+            known = ", ".join(self.presets) or "none"
+            raise HeadscopeError(
+                f"analyzer '{self.name}' has no preset {name!r}.{suggest(str(name), self.presets)} Presets: {known}."
+            )
+        applied = {k: v for k, v in self.presets[name].items() if k not in opts}
+        return {**self.presets[name], **opts}, str(name), applied
 
 
 ANALYZERS: dict[str, AnalyzerInfo] = {}
 
 
-def register_analyzer(name: str, summary: str, tasks: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``fn`` under ``name``. ``tasks`` lists compatible tasks ("" = any)."""
+def register_analyzer(
+    name: str,
+    summary: str,
+    tasks: tuple[str, ...] = (),
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``fn`` under ``name``.
+
+    Args:
+        tasks: compatible tasks (empty = any).
+        presets: named option sets, e.g. ``{"paper": {"eps": 1e-4}}``; every key must be an
+            option of ``fn``.
+    """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        ANALYZERS[name] = AnalyzerInfo(name, fn, summary, tuple(tasks))
+        info = AnalyzerInfo(name, fn, summary, tuple(tasks), dict(presets or {}))
+        accepted = set(info.options())
+        for preset, values in info.presets.items():
+            unknown = sorted(set(values) - accepted)
+            if unknown:
+                raise TypeError(f"preset {preset!r} of analyzer {name!r} sets unknown options {unknown}")
+        ANALYZERS[name] = info
         return fn
 
     return deco
@@ -94,4 +137,11 @@ def run_analyzer(name: str, model: Any, task: Any, **options: Any) -> Any:
         raise HeadscopeError(
             f"analyzer '{name}' does not run on task '{task_name}': it runs on {', '.join(info.tasks)}."
         )
-    return info.fn(model, task, **options)
+    call, preset, applied = info.expand_preset(options)
+    result = info.fn(model, task, **call)
+    if preset is not None and hasattr(result, "provenance"):
+        prov = dict(result.provenance)
+        prov["preset"] = preset
+        prov["preset_options"] = applied
+        result.provenance = prov
+    return result

@@ -165,10 +165,13 @@ def tasks() -> None:
         table.add_row(info.name, info.default_analyzer, ", ".join(info.parameters()), info.summary)
     console.print(table)
     table = Table(title="analyzers")
-    for col in ("analyzer", "tasks", "options (-o KEY=VALUE)", "summary"):
+    for col in ("analyzer", "tasks", "options (-o KEY=VALUE)", "presets (-o preset=NAME)", "summary"):
         table.add_column(col, overflow="fold")
     for a in ANALYZERS.values():
-        table.add_row(a.name, ", ".join(a.tasks) or "any", ", ".join(a.options()), a.summary)
+        presets = "; ".join(
+            f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in a.presets.items()
+        )
+        table.add_row(a.name, ", ".join(a.tasks) or "any", ", ".join(a.options()), presets or "-", a.summary)
     console.print(table)
 
 

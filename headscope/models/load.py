@@ -191,10 +191,13 @@ def _boot(name: str, hf_model: Any, tokenizer: Any, device: str, dtype: torch.dt
         hf_model, device = hf_model.eval(), None
     else:
         hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    from headscope.models.compat import install_cache_kwarg_shim
+
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
     bridge.eval()
+    install_cache_kwarg_shim(bridge)
     return bridge
 
 

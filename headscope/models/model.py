@@ -25,6 +25,8 @@ class Model:
         source: ``"toy"``, ``"gguf"``, ``"dir"`` or ``"hub"``.
         weights_hash: sha256 of the weights (GGUF file, safetensors files, or the toy state dict).
         planted: for planted toy models, role -> heads; empty otherwise.
+        decode_checks_done: cached decoding steps already checked against a full recompute
+            (see :mod:`headscope.trace.decode_check`).
     """
 
     bridge: Any
@@ -36,6 +38,7 @@ class Model:
     dtype: torch.dtype = torch.float32
     planted: dict[str, tuple[Head, ...]] = field(default_factory=dict)
     summary: str = ""
+    decode_checks_done: int = field(default=0, repr=False)
 
     # ------------------------------------------------------------------ shape facts
     @property

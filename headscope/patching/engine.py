@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from headscope.errors import HeadscopeError
+from headscope.models.compat import quiet_cache_deprecation
 from headscope.progress import progress_bar
 from headscope.trace.tracer import gather_positions
 
@@ -207,7 +208,8 @@ class PatchEngine:
         all_hooks = [*hooks, ("unembed.hook_in", self._gather_hook(1))]
         if not self.windows:
             return self.bridge.run_with_hooks(tokens, fwd_hooks=all_hooks)[:, 0], None
-        logits, cache = self.bridge.run_with_hooks(tokens, fwd_hooks=all_hooks, return_type="logits_and_cache")
+        with quiet_cache_deprecation():
+            logits, cache = self.bridge.run_with_hooks(tokens, fwd_hooks=all_hooks, return_type="logits_and_cache")
         layers = getattr(cache, "layers", None)
         kv = None
         if layers is not None and len(layers) == self.model.n_layers:
@@ -303,7 +305,7 @@ class PatchEngine:
             device = self.model.device
             inp = resid.to(device)[rows.to(device), prefix:hi].repeat(k, 1, 1)
             cache = _prefix_cache(base, rows, prefix, k) if prefix else None
-            with torch.inference_mode(), self._truncated(start):
+            with torch.inference_mode(), self._truncated(start), quiet_cache_deprecation():
                 out = self.bridge.run_with_hooks(inp, fwd_hooks=hooks, start_at_layer=start, past_key_values=cache)
             group_logits = out[:, 0].view(k, n_rows, -1)
             if logits is None:

@@ -14,7 +14,14 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
+from headscope.models.compat import quiet_cache_deprecation
 from headscope.progress import progress_bar
+from headscope.trace.decode_check import (
+    CHECKED_STEPS,
+    history_of,
+    remember_history,
+    verify_cached_step,
+)
 from headscope.trace.names import ACTIVATIONS, hook_name
 from headscope.trace.reducers import ReduceContext, Reducer
 
@@ -114,7 +121,8 @@ def trace(
             ``keep_logits``; one chunk only). For incremental decoding.
         past_key_values: a cache from an earlier ``use_cache`` trace; ``tokens`` are then only
             the new positions, and pattern/scores rows cover the new queries over all keys,
-            (batch, head, n_new, n_past + n_new).
+            (batch, head, n_new, n_past + n_new). The first cached steps of each model are
+            checked against a full recompute (:mod:`headscope.trace.decode_check`).
         logit_positions: optional (batch,) position per row (within ``tokens``): the logits are
             then computed at that position only, ``Trace.logits`` is (batch, 1, d_vocab) and
             the unembedding of every other position is skipped. Implies ``keep_logits``.
@@ -131,6 +139,7 @@ def trace(
     if tokens.ndim != 2:
         raise TracerError(f"tokens must be (batch, pos); got shape {tuple(tokens.shape)}.")
     n_past = 0 if past_key_values is None else int(past_key_values.get_seq_length())
+    past_in = None if past_key_values is None else history_of(past_key_values)
     model.check_length(n_past + int(tokens.shape[1]))
     if use_cache or past_key_values is not None:
         use_cache, keep_logits, batch_size = True, True, None
@@ -224,16 +233,19 @@ def trace(
             edits = intervention_hooks(model, interventions, slice(start, start + len(batch)))
             if logit_positions is not None:
                 edits = [*edits, ("unembed.hook_in", gather_positions(logit_positions[start : start + step]))]
-            out = bridge.run_with_hooks(
-                batch,
-                fwd_hooks=edits + fwd_hooks,
-                return_type=("logits_and_cache" if use_cache else "logits") if keep_logits else None,
-                **kwargs,
-            )
+            with quiet_cache_deprecation():
+                out = bridge.run_with_hooks(
+                    batch,
+                    fwd_hooks=edits + fwd_hooks,
+                    return_type=("logits_and_cache" if use_cache else "logits") if keep_logits else None,
+                    **kwargs,
+                )
             if use_cache:
                 out, past_key_values = out
             if keep_logits:
                 logit_chunks.append(out.detach())
+    if use_cache:
+        _check_and_remember(model, past_in, tokens, past_key_values, logit_chunks[0], logit_positions, interventions)
     missing = [name for name in wants if fired[name] != len(starts)]
     if missing:
         raise TracerError(
@@ -251,6 +263,22 @@ def trace(
         logits=torch.cat(logit_chunks) if logit_chunks else None,
         past_key_values=past_key_values if use_cache else None,
     )
+
+
+def _check_and_remember(
+    model: Any,
+    past: torch.Tensor | None,
+    tokens: torch.Tensor,
+    cache: Any,
+    logits: torch.Tensor,
+    logit_positions: torch.Tensor | None,
+    interventions: Sequence[Any],
+) -> None:
+    """Verify the model's first cached steps against a full recompute; record the cache's tokens."""
+    if past is not None and model.decode_checks_done < CHECKED_STEPS:
+        verify_cached_step(model, past, tokens, logits, logit_positions, interventions)
+        model.decode_checks_done += 1
+    remember_history(cache, past, tokens)
 
 
 def gather_positions(positions: torch.Tensor):  # noqa: ANN202 - hook signature is the bridge's

@@ -32,6 +32,7 @@ import torch
 
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
+from headscope.models.arch import query_scale_act
 from headscope.patching.engine import Edit, PatchEngine
 from headscope.patching.heads import head_masks
 from headscope.results import HeadScores, build_provenance
@@ -72,11 +73,15 @@ def ablation_means(model: Any, task: Any, ablation: str, heads: list[Head], batc
 
 
 def ablation_edit(ablation: str, layer: int, mask: torch.Tensor, eps: float, base_q: torch.Tensor | None,
-                  means: dict[int, torch.Tensor] | None) -> Edit:
-    """The engine edit that ablates the heads in ``mask`` (k, n, pos, n_heads) at ``layer``."""
+                  means: dict[int, torch.Tensor] | None, q_act: str | None = None) -> Edit:
+    """The engine edit that ablates the heads in ``mask`` (k, n, pos, n_heads) at ``layer``.
+
+    ``q_act`` is where query scaling acts (:func:`headscope.models.arch.query_scale_act`) and
+    ``base_q`` that activation from the unablated run.
+    """
     if ablation == "query_scale":
-        assert base_q is not None
-        return Edit("q", layer, mask, (eps * base_q).unsqueeze(0))  # base_q: (n, pos, heads, d_head)
+        assert base_q is not None and q_act is not None
+        return Edit(q_act, layer, mask, (eps * base_q).unsqueeze(0))  # base_q: (n, pos, heads, d_head)
     if ablation == "zero":
         return Edit("z", layer, mask, torch.zeros(1, 1, 1, 1, 1))
     assert means is not None
@@ -111,7 +116,8 @@ def single_head_kls(
         return kl_div(state["base"].repeat(k, 1), logits.float().log_softmax(-1))
 
     engine = PatchEngine(model, last, metric, max_rows=max_rows, progress=progress)
-    acts = ("q",) if ablation == "query_scale" else ()
+    q_act = query_scale_act(model) if ablation == "query_scale" else None
+    acts = (q_act,) if q_act is not None else ()
     cache = engine.cache_run(tokens, acts=acts, layers=layers)
     assert cache.end_logits is not None
     state["base"] = cache.end_logits.float().log_softmax(-1)
@@ -121,7 +127,8 @@ def single_head_kls(
             for chunk in engine.chunks([h for lay, h in heads if lay == layer], int(pos), "heads")]
     for layer, chunk in engine.progress_iter(jobs, "ships"):
         mask = head_masks("z", [(h, None) for h in chunk], n, pos, model.n_heads)  # (k, n, pos, heads)
-        edit = ablation_edit(ablation, layer, mask, eps, cache.acts.get(("q", layer)), means)
+        base_q = cache.acts.get((q_act, layer)) if q_act is not None else None
+        edit = ablation_edit(ablation, layer, mask, eps, base_q, means, q_act)
         vals, _ = engine.run_edits(layer, cache.resid_pre[layer], [edit], k=len(chunk))
         assert vals is not None
         for i, h in enumerate(chunk):

@@ -2,8 +2,11 @@
 
 All head-output edits act on ``hook_z`` (batch, pos, head, d_head), the per-query-head mix of
 values before ``W_O``: editing one query head's z changes that head's contribution only, also
-under grouped-query attention (where k and v are shared by a group). ``MaskQuery`` acts on
-``hook_q`` (pre-RoPE) of one query head.
+under grouped-query attention (where k and v are shared by a group). ``MaskQuery`` scales the
+query of one query head where the scale reaches the attention logits: ``hook_q`` (pre-RoPE)
+without QK-norm, ``hook_rot_q`` (after the norm and RoPE) on QK-norm models (Qwen3, Gemma-3,
+OLMo-2), whose norm would undo a scale applied to ``hook_q`` (see
+:func:`headscope.models.arch.query_scale_act`).
 
 Kinds:
 
@@ -13,8 +16,9 @@ Kinds:
 - ``resample``: z = the head's z on another input of the same shape (e.g. the corrupted run),
   row by row.
 - ``query_mask``: q = ``scale`` * q, so the attention scores shrink to ``scale`` times their
-  value; ``scale=0`` gives uniform attention over the causal window (Wu et al. 2024's
-  retrieval-head masking), a small ``scale`` (e.g. 1e-2) gives near-uniform attention
+  value; ``scale=0`` gives uniform attention over the keys the head may attend (causal, and the
+  sliding window on sliding-window layers; Gemma-2's soft-capping maps 0 to 0) (Wu et al.
+  2024's retrieval-head masking), a small ``scale`` (e.g. 1e-4) gives near-uniform attention
   (Zhou et al. 2024's query scaling).
 
 Positions: ``positions=None`` edits every position; otherwise a LongTensor of positions
@@ -32,6 +36,8 @@ import torch
 
 from headscope.errors import HeadscopeError
 from headscope.interventions.base import HookFn
+from headscope.models.arch import query_scale_act
+from headscope.patching.engine import hook_alias
 
 Head = tuple[int, int]
 ABLATION_KINDS = ("zero", "mean", "resample", "query_mask")
@@ -193,6 +199,8 @@ class MaskQuery:
 
     def prepare(self, model: Any) -> None:
         _check_heads(model, self.heads)
+        for layer, _ in self.heads:
+            query_scale_act(model, int(layer))  # refuses where scaling cannot reach the logits
 
     def hooks(self, model: Any, batch_slice: slice) -> list[tuple[str, HookFn]]:
         out: list[tuple[str, HookFn]] = []
@@ -210,7 +218,7 @@ class MaskQuery:
                     q[r.unsqueeze(-1), p.unsqueeze(-1), hidx] = q[r.unsqueeze(-1), p.unsqueeze(-1), hidx] * self.scale
                 return q
 
-            out.append((f"blocks.{layer}.attn.hook_q", fn))
+            out.append((hook_alias(query_scale_act(model, layer), layer), fn))
         return out
 
     def describe(self) -> dict[str, Any]:

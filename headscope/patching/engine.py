@@ -12,10 +12,14 @@ one forward pass per head (TransformerLens ``patching.get_act_patch_attn_head_ou
    unchanged, so the engine caches ``resid_pre`` of the base run at every layer and reruns only
    blocks ``l..L-1``. TransformerBridge's own ``start_at_layer`` swaps the residual in at block
    ``l`` but still executes blocks ``0..l-1`` (see its docstring), so it saves no compute; the
-   engine therefore also hands the HF model a truncated ``ModuleList`` of blocks ``l..L-1``
-   for the duration of the call (the bridge then injects the cached residual into block
-   ``l``; rotary embeddings and the causal mask are computed by HF exactly as in a full run,
-   from absolute positions ``0..pos-1``).
+   engine therefore swaps blocks ``0..l-1`` of the HF model's block list for pass-through
+   stand-ins (:class:`SkippedBlock`) for the duration of the call (the bridge then injects the
+   cached residual into block ``l``). The list keeps its length, so HF's decoder loop still
+   reads per-layer settings by the true layer index: mixed-layer models (Gemma-2/3, Qwen2/3
+   with ``config.layer_types``) give each layer its own attention type (sliding or global) and,
+   on Gemma-3, its own rotary base. (Handing HF a truncated list instead shifts those lookups
+   by ``l`` layers: ``config.layer_types[i]`` is read from index 0.) Rotary embeddings and the
+   causal mask are computed by HF exactly as in a full run, from absolute positions.
 3. **Cheap unembedding.** A hook on ``unembed.hook_in`` keeps only each row's metric
    position, so the final norm and ``W_U`` run on ``rows`` vectors instead of
    ``rows * pos`` (RMSNorm/LayerNorm act per position, so this is exact up to matmul
@@ -59,6 +63,7 @@ from headscope.trace.tracer import gather_positions
 ACT_HOOKS = {
     "z": "blocks.{l}.attn.hook_z",
     "q": "blocks.{l}.attn.hook_q",
+    "rot_q": "blocks.{l}.attn.hook_rot_q",
     "k": "blocks.{l}.attn.hook_k",
     "v": "blocks.{l}.attn.hook_v",
     "pattern": "blocks.{l}.attn.hook_pattern",
@@ -112,6 +117,16 @@ def shared_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
     """
     differ = (a != b).any(0).nonzero()
     return int(differ[0]) if len(differ) else int(a.shape[1])
+
+
+class SkippedBlock(nn.Module):
+    """Stands in for a block before the start layer: returns its hidden states untouched.
+
+    Its output is discarded anyway: the start block swaps in the cached residual.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return args[0] if args else kwargs["hidden_states"]
 
 
 def _find_layer_list(bridge: Any) -> tuple[nn.Module, str, nn.ModuleList]:
@@ -220,12 +235,14 @@ class PatchEngine:
 
     # ------------------------------------------------------------------ core forward
     @contextmanager
-    def _truncated(self, start: int):
+    def _skip_blocks_before(self, start: int):
+        """Blocks ``0..start-1`` replaced by :class:`SkippedBlock` (the list keeps its length)."""
         if not self.prefix_reuse or start == 0 or self._layers is None:
             yield
             return
         owner, name, full = self._layers
-        setattr(owner, name, nn.ModuleList(list(full)[start:]))
+        blocks = list(full)
+        setattr(owner, name, nn.ModuleList([SkippedBlock() for _ in blocks[:start]] + blocks[start:]))
         try:
             yield
         finally:
@@ -250,7 +267,7 @@ class PatchEngine:
         if from_tokens:
             out = self.bridge.run_with_hooks(inp, fwd_hooks=all_hooks, stop_at_layer=stop_at_layer)
         else:
-            with self._truncated(start):
+            with self._skip_blocks_before(start):
                 out = self.bridge.run_with_hooks(
                     inp, fwd_hooks=all_hooks, start_at_layer=start, stop_at_layer=stop_at_layer
                 )
@@ -305,7 +322,7 @@ class PatchEngine:
             device = self.model.device
             inp = resid.to(device)[rows.to(device), prefix:hi].repeat(k, 1, 1)
             cache = _prefix_cache(base, rows, prefix, k) if prefix else None
-            with torch.inference_mode(), self._truncated(start), quiet_cache_deprecation():
+            with torch.inference_mode(), self._skip_blocks_before(start), quiet_cache_deprecation():
                 out = self.bridge.run_with_hooks(inp, fwd_hooks=hooks, start_at_layer=start, past_key_values=cache)
             group_logits = out[:, 0].view(k, n_rows, -1)
             if logits is None:

@@ -9,17 +9,25 @@ where ``e(t)`` is an *effective embedding* of ``t`` and ``W_OV^h = W_V^{kv(h)} W
 
 Effective-embedding recipes (``EMBEDDING_RECIPES``), all ignoring layer-0 attention:
 
-- ``"mlp0"``: ``MLP0(LN2_0(W_E[t]))`` -- the first MLP's output alone (Gould et al.'s choice);
-- ``"embed_mlp0"``: ``W_E[t] + MLP0(LN2_0(W_E[t]))`` -- the residual after block 0 without
+- ``"mlp0"``: ``MLP0(LN2_0(E[t]))`` -- the first MLP's output alone (Gould et al.'s choice);
+- ``"embed_mlp0"``: ``E[t] + MLP0(LN2_0(E[t]))`` -- the residual after block 0 without
   attention (what a later head actually reads);
-- ``"embed"``: ``W_E[t]`` -- the raw embedding (the classic OV circuit of Elhage et al. 2021).
+- ``"embed"``: ``E[t]`` -- the embedding (the classic OV circuit of Elhage et al. 2021).
 
-``ln=True`` applies, as in the forward pass: block 0's ``ln2`` before MLP0, the head's own
-block ``ln1`` before ``W_V`` and the final norm's elementwise weight before ``W_U`` (the final
-norm's per-token scale and any bias are dropped: a positive per-input scale does not change
-rankings, and a bias would add the same offset for every input token). ``ln=False`` uses the raw
-vectors everywhere (MLP0 still receives ``W_E[t]``). Attention biases (``b_V``, ``b_O``) are
-excluded. Positional embeddings (GPT-2) are not added.
+``E[t]`` is the token's embedding as it enters the residual stream: ``W_E[t]`` times the
+model's embedding scale (``sqrt(d_model)`` on Gemma; :func:`headscope.models.arch.embedding_scale`).
+
+``ln=True`` applies the model's real norms, as in the forward pass (bridge components, so
+Gemma's ``1 + weight`` and OLMo-2's post-norms are what the model computes): block 0's ``ln2``
+before MLP0 and ``ln2_post`` after it where present; the head's block ``ln1`` before ``W_V``
+where present; the post-attention norm ``ln1_post`` on the head's output where present
+(Gemma-2/3, OLMo-2; applied to the head's output alone, without its bias); and the final
+norm's linear part before ``W_U`` (mean-centring for LayerNorm models and the effective
+elementwise weight; :mod:`headscope.models.norms`). The final norm's per-input scale and bias
+are dropped: a positive per-input scale does not change rankings, and a bias adds the same
+offset for every input token. ``ln=False`` uses the raw vectors everywhere (MLP0 still
+receives ``E[t]``). Attention biases (``b_V``, ``b_O``) are excluded. Positional embeddings
+(GPT-2) are not added.
 
 GQA: bridge ``W_V`` holds only the KV heads (``(n_kv_heads, d_model, d_head)``); query head
 ``h`` reads KV head ``model.kv_head(h)`` (HF ``repeat_kv`` order), and ``W_O`` is per query head.
@@ -33,6 +41,8 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
+from headscope.models.arch import embedding_scale
+from headscope.models.norms import block_norm, final_norm
 
 EMBEDDING_RECIPES: tuple[str, ...] = ("mlp0", "embed_mlp0", "embed")
 
@@ -47,11 +57,23 @@ def _check_recipe(recipe: str) -> None:
         )
 
 
-def _norm_weight(module: Any) -> torch.Tensor | None:
-    """The elementwise weight of a (bridge-wrapped) LayerNorm/RMSNorm, or None."""
-    inner = getattr(module, "_original_component", module)
-    w = getattr(inner, "weight", None)
-    return None if w is None else w.detach()
+def _block_part(model: Any, layer: int, name: str) -> Any | None:
+    """Block ``layer``'s bridge component ``name`` (``ln1``, ``ln2_post``, ...) or None."""
+    block = model.bridge.blocks[layer]
+    return getattr(block, name) if name in dict(block.named_children()) else None
+
+
+def final_readout(model: Any, w_u: torch.Tensor, ln: bool = True) -> torch.Tensor:
+    """``W_U`` (d_model, n_out) with the final norm's linear part folded in (``ln=True``).
+
+    ``centre(x) * w`` as a matrix: rows scaled by the effective weight ``w``, then (LayerNorm)
+    each column's mean over ``d_model`` removed.
+    """
+    if not ln:
+        return w_u
+    spec = final_norm(model)
+    out = spec.weight.to(w_u.device, w_u.dtype).unsqueeze(1) * w_u
+    return out - out.mean(0, keepdim=True) if spec.centred else out
 
 
 def w_v(model: Any, layer: int) -> torch.Tensor:
@@ -78,12 +100,13 @@ def effective_embedding(model: Any, token_ids: Sequence[int] | torch.Tensor, rec
     bridge = model.bridge
     ids = torch.as_tensor(list(token_ids) if not torch.is_tensor(token_ids) else token_ids, dtype=torch.long)
     with torch.inference_mode():
-        emb = bridge.W_E.detach()[ids.to(bridge.W_E.device)]  # (n, d_model)
+        emb = bridge.W_E.detach()[ids.to(bridge.W_E.device)] * embedding_scale(model)  # (n, d_model)
         if recipe == "embed":
             return emb.clone()
-        block0 = bridge.blocks[0]
-        x = block0.ln2(emb.unsqueeze(0)) if ln else emb.unsqueeze(0)
-        mlp = block0.mlp(x)[0]
+        pre, post = _block_part(model, 0, "ln2"), _block_part(model, 0, "ln2_post")
+        x = pre(emb.unsqueeze(0)) if ln and pre is not None else emb.unsqueeze(0)
+        mlp = bridge.blocks[0].mlp(x)
+        mlp = (post(mlp) if ln and post is not None else mlp)[0]
         return mlp if recipe == "mlp0" else emb + mlp
 
 
@@ -123,14 +146,19 @@ def iter_ov_logits(
         w_u = bridge.W_U.detach()
         if out_ids is not None:
             w_u = w_u[:, torch.as_tensor(list(out_ids) if not torch.is_tensor(out_ids) else out_ids, dtype=torch.long)]
-        w_final = _norm_weight(bridge.ln_final) if ln else None
-        if w_final is not None:
-            w_u = w_final.unsqueeze(1) * w_u
+        w_u = final_readout(model, w_u, ln)
         wanted = heads if heads is not None else [(lay, h) for lay in range(model.n_layers) for h in range(model.n_heads)]
         normed: dict[int, torch.Tensor] = {}
         for layer, head in wanted:
             if layer not in normed:
-                normed = {layer: bridge.blocks[layer].ln1(emb.unsqueeze(0))[0] if ln else emb}
+                pre = _block_part(model, layer, "ln1") if ln else None
+                normed = {layer: pre(emb.unsqueeze(0))[0] if pre is not None else emb}
             wv, wo = ov_weights(model, layer, head)
             v = normed[layer] @ wv  # (n, d_head)
-            yield layer, head, v @ (wo @ w_u)
+            post = block_norm(model, layer, "ln1_post") if ln else None
+            if post is None:
+                yield layer, head, v @ (wo @ w_u)
+            else:  # the head's output through the post-attention norm (its scale per input row)
+                scale = post.scale(v.float() @ wo.float()).to(v.dtype)
+                wo_post = post.linear(wo).to(wo.dtype)
+                yield layer, head, (v @ (wo_post @ w_u)) / scale

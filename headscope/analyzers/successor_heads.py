@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from headscope.analyzers.ov_circuit import _norm_weight, effective_embedding, iter_ov_logits
+from headscope.analyzers.ov_circuit import effective_embedding, final_readout, iter_ov_logits
 from headscope.analyzers.registry import register_analyzer
+from headscope.lens.core import head_vectors
 from headscope.results import HeadScores, build_provenance
-from headscope.trace import trace
 
 
 def succession_accuracy(logits: torch.Tensor, fam_slices: dict[str, tuple[slice, list[tuple[int, int]]]]) -> dict[str, tuple[int, int]]:
@@ -64,21 +64,18 @@ def _dla_check(model: Any, task: Any, fams: dict[str, Any]) -> np.ndarray:
     bos = [model.bos_token_id] if model.prepend_bos and model.bos_token_id is not None else []
     hits = np.zeros((model.n_layers, model.n_heads))
     total = 0
-    w_final = _norm_weight(model.bridge.ln_final)
-    w_u_full = model.bridge.W_U.detach()
+    w_u_full = model.bridge.W_U.detach().float().cpu()
+    all_heads = [(layer, h) for layer in range(model.n_layers) for h in range(model.n_heads)]
     for name, run in prompts:
         fam = fams[name]
         ids = torch.tensor([bos + [fam.ids[i] for i in run]])
-        tr = trace(model, ids, acts=("result",))
-        w_u = w_u_full[:, list(fam.ids)]
-        if w_final is not None:
-            w_u = w_final.unsqueeze(1) * w_u
         off = len(bos)
+        positions = torch.arange(off, off + len(run) - 1)
+        writes, _ = head_vectors(model, ids, all_heads, positions)  # (1, n_pos, L * H, d_model)
+        w_u = final_readout(model, w_u_full[:, list(fam.ids)])
         targets = torch.tensor(run[1:])  # family-local index of the next item
-        for layer in range(model.n_layers):
-            res = tr.get("result", layer)[0, off : off + len(run) - 1]  # (n_pos, head, d_model)
-            best = (res @ w_u).argmax(-1)  # (n_pos, head)
-            hits[layer] += (best == targets.unsqueeze(1)).sum(0).cpu().numpy()
+        best = (writes[0] @ w_u).argmax(-1).view(len(run) - 1, model.n_layers, model.n_heads)
+        hits += (best == targets.view(-1, 1, 1)).sum(0).numpy()
         total += len(run) - 1
     return hits / max(total, 1)
 

@@ -1,15 +1,20 @@
 """Training-free per-head logit lens: a head's output through the final norm onto the vocabulary.
 
-For head ``(L, h)`` at position ``p`` the head's output is ``r = z[p, h] @ W_O^h`` (d_model,
-without ``b_O``; the tracer's ``result``). The lens logits are (nostalgebraist 2020's logit
-lens applied per head, as in the "direct logit attribution" view of Elhage et al. 2021)::
+For head ``(L, h)`` at position ``p`` the head's write into the residual is
+``r = z[p, h] @ W_O^h`` (d_model, without ``b_O``; the tracer's ``result``), passed through the
+post-attention norm on models that have one (Gemma-2/3, OLMo-2; see
+:mod:`headscope.trace.components`). The lens logits are (nostalgebraist 2020's logit lens
+applied per head, as in the "direct logit attribution" view of Elhage et al. 2021)::
 
     logits = (norm(r) * w_final) @ W_U          (d_vocab,)
+
+where ``w_final`` is the final norm's real elementwise weight (``1 + weight`` on Gemma;
+:mod:`headscope.models.norms`).
 
 with one of two final-norm conventions (``LN_MODES``), recorded in every result:
 
 - ``"residual"`` (default): divide by the final-norm scale of the *model's residual* at that
-  position (``ln_final.hook_scale``), i.e. the head's exact linear share of the final logits
+  position, i.e. the head's exact linear share of the final logits
   (LayerNorm: the head vector is centred first, as the norm centres the sum);
 - ``"recompute"``: normalise the head vector on its own, ``r / rms(r)`` (LayerNorm: centred and
   divided by its own std), as if the head's output were the whole residual.
@@ -26,6 +31,8 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError, suggest
+from headscope.models.arch import final_logit_softcap
+from headscope.models.norms import final_norm
 
 LN_MODES: tuple[str, ...] = ("residual", "recompute")
 Head = tuple[int, int]
@@ -37,20 +44,14 @@ def check_ln_mode(ln: str) -> None:
         raise HeadscopeError(f"unknown ln convention '{ln}'.{suggest(ln, LN_MODES)} Choose from {', '.join(LN_MODES)}.")
 
 
-def final_norm(model: Any) -> tuple[torch.Tensor | None, bool, float]:
-    """(elementwise weight or None, centres (LayerNorm) or not (RMSNorm), eps) of the final norm."""
-    inner = getattr(model.bridge.ln_final, "_original_component", model.bridge.ln_final)
-    weight = getattr(inner, "weight", None)
-    centred = isinstance(inner, torch.nn.LayerNorm) or "layernorm" in type(inner).__name__.lower()
-    eps = float(getattr(inner, "eps", None) or getattr(inner, "variance_epsilon", None) or 1e-5)
-    return (None if weight is None else weight.detach().float().cpu()), centred, eps
-
-
 def unembed(model: Any) -> torch.Tensor:
-    """``W_U`` with the final norm's weight folded in: (d_model, d_vocab), float32 on CPU."""
-    weight, _, _ = final_norm(model)
+    """``W_U`` with the final norm's effective weight folded in: (d_model, d_vocab), float32, CPU.
+
+    The weight is the norm's real one (:func:`headscope.models.norms.final_norm`: ``1 + w`` on
+    Gemma).
+    """
     w_u = model.bridge.W_U.detach().float().cpu()
-    return w_u if weight is None else weight.unsqueeze(1) * w_u
+    return final_norm(model).weight.cpu().unsqueeze(1) * w_u
 
 
 def normalise(model: Any, vec: torch.Tensor, ln: str, resid_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -59,13 +60,13 @@ def normalise(model: Any, vec: torch.Tensor, ln: str, resid_scale: torch.Tensor 
     ``resid_scale`` (..., 1) is the residual's final-norm scale, needed for ``ln="residual"``.
     """
     check_ln_mode(ln)
-    _, centred, eps = final_norm(model)
-    v = vec - vec.mean(-1, keepdim=True) if centred else vec
+    spec = final_norm(model)
+    v = spec.centre(vec.float())
     if ln == "residual":
         if resid_scale is None:
             raise HeadscopeError("ln='residual' needs the residual's final-norm scale.")
         return v / resid_scale
-    return v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+    return v / spec.scale(vec)
 
 
 def head_vectors(
@@ -76,7 +77,11 @@ def head_vectors(
     batch_size: int | None = None,
     interventions: Sequence[Any] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head outputs and the residual's final-norm scale.
+    """What the heads write into the residual, and the residual's final-norm scale.
+
+    A head's write is ``z_h @ W_O^h``, passed through the post-attention norm (linearised, its
+    scale frozen) on models that have one (Gemma-2/3, OLMo-2); see
+    :mod:`headscope.trace.components`.
 
     Args:
         tokens: (batch, pos).
@@ -86,17 +91,11 @@ def head_vectors(
     Returns:
         ``(vectors (batch, n_pos, n_heads, d_model), scale (batch, n_pos, 1))``, float32, CPU.
     """
-    from headscope.trace import trace
-    from headscope.trace.stream import capture_stream
+    from headscope.trace.components import head_writes
 
     for layer, head in heads:
         model.check_head(layer, head)
-    layers = sorted({layer for layer, _ in heads})
-    tr = trace(model, tokens, acts=["result"], layers=layers, batch_size=batch_size, interventions=interventions)
-    pos = slice(None) if positions is None else positions
-    vecs = torch.stack([tr.get("result", layer)[:, pos, head] for layer, head in heads], dim=2)
-    scale = capture_stream(model, tokens, ["ln_final.hook_scale"], interventions, batch_size)["ln_final.hook_scale"]
-    return vecs.float().cpu(), scale[:, pos]
+    return head_writes(model, tokens, heads, positions, interventions, batch_size)
 
 
 def lens_logits(model: Any, vectors: torch.Tensor, scale: torch.Tensor, ln: str = "residual") -> torch.Tensor:
@@ -106,17 +105,17 @@ def lens_logits(model: Any, vectors: torch.Tensor, scale: torch.Tensor, ln: str 
 
 
 def final_logits(model: Any, normalized: torch.Tensor) -> torch.Tensor:
-    """Model logits from ``ln_final.hook_normalized`` (..., d_model): weight, bias, ``W_U``, ``b_U``.
+    """Model logits from ``ln_final.hook_normalized`` (..., d_model): the final norm's effective
+    weight and bias, ``W_U``, ``b_U`` and, on Gemma-2, the final-logit soft-capping.
 
     Lets callers that need logits at a few positions skip the full-sequence unembedding.
     """
-    inner = getattr(model.bridge.ln_final, "_original_component", model.bridge.ln_final)
-    x = normalized.float().cpu()
-    weight, bias = getattr(inner, "weight", None), getattr(inner, "bias", None)
-    if weight is not None:
-        x = x * weight.detach().float().cpu()
-    if bias is not None:
-        x = x + bias.detach().float().cpu()
+    spec = final_norm(model)
+    x = normalized.float().cpu() * spec.weight.cpu()
+    if spec.bias is not None:
+        x = x + spec.bias.cpu()
     out = x @ model.bridge.W_U.detach().float().cpu()
     b_u = getattr(model.bridge, "b_U", None)
-    return out if b_u is None else out + b_u.detach().float().cpu()
+    out = out if b_u is None else out + b_u.detach().float().cpu()
+    cap = final_logit_softcap(model)
+    return out if cap is None else cap * torch.tanh(out / cap)

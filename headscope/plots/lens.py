@@ -23,7 +23,9 @@ def head_token_frame(model: Any, text: str, heads: Sequence[Head] | str, positio
                      k: int = 10, prepend_bos: bool | None = None) -> pd.DataFrame:
     """Top ``k`` promoted and ``k`` suppressed tokens of each head's output at ``position``.
 
-    ``value = (z_h[pos] @ W_O[h] * w_norm) @ W_U`` (d_vocab,), mean-centred over the vocabulary.
+    ``value = (write_h[pos] * w_norm) @ W_U`` (d_vocab,), mean-centred over the vocabulary, where
+    ``write_h = z_h @ W_O[h]`` (through the post-attention norm on Gemma-2/3 and OLMo-2) and
+    ``w_norm`` is the final norm's real weight (the write is mean-centred first under LayerNorm).
     Convention: the final norm's *scale* (one positive number per position, shared by every
     token and head) is left out, so the ranking is exact and values are in logit units up to
     that factor; ``b_O`` and the norm bias are not attributed to heads.
@@ -34,24 +36,20 @@ def head_token_frame(model: Any, text: str, heads: Sequence[Head] | str, positio
     """
     import torch
 
-    from headscope.analyzers.direct_logit_attribution import final_norm_parts
-    from headscope.trace import trace
+    from headscope.lens.core import head_vectors, unembed
+    from headscope.models.norms import final_norm
 
     chosen = model.parse_heads(heads) if isinstance(heads, str) else [tuple(map(int, h)) for h in heads]
     for layer, head in chosen:
         model.check_head(layer, head)
     tokens = model.to_tokens(text, prepend_bos=prepend_bos)[:1]
-    layers = sorted({layer for layer, _ in chosen})
-    tr = trace(model, tokens, acts=("z",), layers=layers)
-    w, _, _ = final_norm_parts(model)
-    w_u = model.bridge.W_U.detach().float()
-    rows = []
     pos = position if position >= 0 else tokens.shape[1] + position
+    writes, _ = head_vectors(model, tokens, chosen, torch.tensor([pos]))  # (1, 1, n_heads, d_model)
+    w_u, spec = unembed(model), final_norm(model)
+    rows = []
     with torch.inference_mode():
-        for layer, head in chosen:
-            z = tr.get("z", layer)[0, pos, head].float()  # (d_head,)
-            out = z @ model.bridge.blocks[layer].attn.W_O[head].detach().float()  # (d_model,)
-            logits = (out * w.float()) @ w_u
+        for i, (layer, head) in enumerate(chosen):
+            logits = spec.centre(writes[0, 0, i]) @ w_u
             logits = logits - logits.mean()
             for direction, vals in (("promoted", logits.topk(k)), ("suppressed", (-logits).topk(k))):
                 for value, tid in zip(vals.values.tolist(), vals.indices.tolist(), strict=True):

@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--n-ships", type=int, default=24, help="harmful requests for Ships/Sahara")
     ap.add_argument("--n-gen", type=int, default=32, help="harmful requests for the refusal check")
     ap.add_argument("--layers", default=None, help="Ships only on these layers, e.g. 0-11")
-    ap.add_argument("--eps", type=float, default=1e-2)
+    ap.add_argument("--eps", type=float, default=None,
+                    help="query scale for Ships, Sahara and the refusal check (default: each analyzer's paper preset)")
     ap.add_argument("--candidates", type=int, default=10)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--max-new", type=int, default=24)
@@ -46,7 +47,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--top-ships", default="10,30,60", help="also check ablating the top-K Ships heads, for each K listed ('' skips)")
     ap.add_argument("--no-harmless-check", action="store_true", help="skip generating for the harmless requests under every condition")
-    ap.add_argument("--ablation", default="query_scale", help="ablation for the refusal check: query_scale, mean or zero")
+    ap.add_argument("--ablation", default="query_scale", help="ablation for the refusal check: query_scale, mean_mask, mean_z or zero")
     ap.add_argument("--reuse", action="store_true", help="reuse Ships/Sahara parquet files in --out instead of recomputing")
     ap.add_argument("--out", default="results")
     args = ap.parse_args()
@@ -81,7 +82,9 @@ def main() -> None:
     if args.reuse:
         ships = read_parquet(out / "qwen_safety_ships.parquet")
     else:
-        ships = run_analyzer("ships", model, task, eps=args.eps, layers=args.layers, batch_size=args.n_ships, progress=True)
+        eps = {} if args.eps is None else {"eps": args.eps}
+        ships = run_analyzer("ships", model, task, preset="paper", layers=args.layers, batch_size=args.n_ships,
+                             progress=True, **eps)
         ships.to_parquet(out / "qwen_safety_ships.parquet")
     timings["ships_s"] = time.perf_counter() - t
     save_html(head_heatmap(ships, "ships_kl"), out / "qwen_safety_ships.html")
@@ -94,7 +97,8 @@ def main() -> None:
     if args.reuse:
         sah = read_parquet(out / "qwen_safety_sahara.parquet")
     else:
-        sah = run_analyzer("sahara", model, task, steps=args.steps, candidates=cand, eps=args.eps, batch_size=args.n_ships, progress=True)
+        sah = run_analyzer("sahara", model, task, steps=args.steps, candidates=cand, batch_size=args.n_ships,
+                           progress=True, **({} if args.eps is None else {"eps": args.eps}))
         sah.to_parquet(out / "qwen_safety_sahara.parquet")
     timings["sahara_s"] = time.perf_counter() - t
     selected = sah.provenance["choices"]["selected"]
@@ -110,7 +114,8 @@ def main() -> None:
                                            for k in [int(x) for x in str(args.top_ships).split(",") if x.strip()]]
         for prefix, hs, seed in sets:
             got = refusal_check(model, gen_task, hs, n_random=args.n_random, max_new_tokens=args.max_new,
-                                ablation=args.ablation, eps=args.eps, seed=seed, batch_size=args.n_gen,
+                                ablation=args.ablation, seed=seed, batch_size=args.n_gen,
+                                **({} if args.eps is None else {"eps": args.eps}),
                                 progress=True, include_base=not prefix, split=split)
             check["choices"] = got["choices"]
             for name, cond in got["conditions"].items():

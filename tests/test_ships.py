@@ -49,7 +49,7 @@ def task(tmp_path):
     return make_task("safety", source=harm, harmless=safe, n_prompts=10)
 
 
-@pytest.mark.parametrize("ablation", ["query_scale", "mean", "zero"])
+@pytest.mark.parametrize("ablation", ["query_scale", "mean_z", "zero"])
 def test_ships_recovers_planted_refusal_head(toy, task, ablation):
     scores = run_analyzer("ships", toy, task, ablation=ablation)
     (planted,) = TOY_MODELS["toy-refusal"].planted["refusal"]
@@ -163,8 +163,12 @@ def test_cli_score_ships_writes_parquet_and_heatmap(tmp_path, task):
     assert plot.stat().st_size > 0
 
 
-@pytest.mark.parametrize("model_name", ["toy-gqa", "toy-refusal"])
-@pytest.mark.parametrize("ablation", ["query_scale", "mean", "zero"])
+@pytest.mark.parametrize(
+    "model_name,ablation",
+    # toy-refusal's queries are such that its layer-mean query equals each head's (mean_mask is a no-op there)
+    [(m, a) for m in ("toy-gqa", "toy-refusal") for a in ("query_scale", "mean_mask", "mean_z", "zero")
+     if (m, a) != ("toy-refusal", "mean_mask")],
+)
 def test_engine_ships_equals_one_ablation_per_forward(model_name, ablation, tmp_path):
     """The batched engine sweep equals ablating each head through the intervention layer."""
     from headscope.analyzers.ships import ablation_means, kl_div, select_heads, single_head_kls
@@ -191,3 +195,48 @@ def test_engine_ships_equals_one_ablation_per_forward(model_name, ablation, tmp_
         want = kl_div(base, logprobs(build_ablation(ablation, [head], 0.01, means)))
         assert torch.allclose(got[head], want, atol=1e-5, rtol=1e-3), head
     assert max(float(v.max()) for v in got.values()) > 1e-3  # some ablation moves the distribution
+
+
+@pytest.mark.parametrize("ablation,eps", [("query_scale", 1e-4), ("mean_mask", None)])
+def test_paper_masks_match_the_reference_definition_on_raw_hf(tmp_path, ablation, eps):
+    """Ships' ``scale_mask`` / ``mean_mask`` equal the reference code's definitions, computed on an
+    unbridged copy of toy-gqa with a hook on ``q_proj`` (pre-RoPE): the head's query times 1e-4,
+    or replaced by the mean query of its layer; KL(base || masked) with probabilities + 1e-12."""
+    from headscope.toy import build_toy
+
+    model = headscope.load_model("toy-gqa")
+    harm, safe = _files(tmp_path, ragged=True)
+    task = make_task("safety", source=harm, harmless=safe, n_prompts=6)
+    layer, head = 1, 2
+    scores = run_analyzer("ships", model, task, ablation=ablation, heads=f"{layer}.{head}")
+    raw, _ = build_toy("toy-gqa")
+    n_heads, d_head = raw.config.num_attention_heads, raw.config.head_dim
+
+    def mask_q(module, inputs, out):  # noqa: ANN001
+        q = out.view(*out.shape[:-1], n_heads, d_head).clone()
+        q[..., head, :] = q[..., head, :] * eps if ablation == "query_scale" else q.mean(-2)
+        return q.view(out.shape)
+
+    kls = []
+    for row in task.token_rows(model, "harmful"):
+        ids = torch.tensor([row])
+        with torch.inference_mode():
+            p = raw(ids).logits[0, -1].softmax(-1) + 1e-12
+            handle = raw.model.layers[layer].self_attn.q_proj.register_forward_hook(mask_q)
+            try:
+                q = raw(ids).logits[0, -1].softmax(-1) + 1e-12
+            finally:
+                handle.remove()
+        kls.append(float((p * (p / q).log()).sum()))
+    want = sum(kls) / len(kls)
+    assert want > 1e-4
+    assert scores.matrix("ships_kl").loc[layer, head] == pytest.approx(want, rel=1e-3)
+
+
+def test_ships_defaults_are_the_reference_codes_and_old_mean_is_refused(toy, task):
+    scores = run_analyzer("ships", toy, task, heads="1.1")
+    assert scores.provenance["options"]["eps"] == 1e-4 and scores.provenance["options"]["kl_eps"] == 1e-12
+    paper = run_analyzer("ships", toy, task, heads="1.1", preset="paper")
+    assert paper.provenance["preset"] == "paper"
+    with pytest.raises(HeadscopeError, match="mean_z.*mean_mask"):
+        run_analyzer("ships", toy, task, ablation="mean")

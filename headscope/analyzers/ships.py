@@ -11,8 +11,16 @@ assistant header, i.e. the first answer token). The head's score is the mean ove
 most (e.g. away from "I'm sorry") scores highest.
 
 Choices (recorded): ``ablation`` -- ``query_scale`` (default, the paper's: query times ``eps``,
-near-uniform attention), ``mean`` (z = its mean over the harmless prompts' real positions) or
-``zero``; ``eps``; last real token of right-padded batches; natural-log KL.
+near-uniform attention), ``mean_mask`` (the reference code's other mask: the head's query :=
+the mean query of its layer), ``mean_z`` (headscope's: z = its mean over the harmless prompts'
+real positions) or ``zero``; ``eps`` (default 1e-4, the reference code's ``scale_factor`` in
+``lib/SHIPS/get_ships.py``'s ``mask_config``; with 1e-2 the attention is visibly non-uniform
+when the logits are large and KL is understated); ``kl_eps`` (default 1e-12, added to both
+probability vectors before the KL as in ``lib/SHIPS/pd_diff.py::kl_divergence``); last real
+token of right-padded batches; natural-log KL. Query scaling acts after QK-norm where a model
+has one (:func:`headscope.models.arch.query_scale_act`). The reference scores each request
+without a chat template (``get_ships.py``, ``main``); headscope's ``safety`` task applies the
+model's chat template when it has one (task option ``chat=false`` to match).
 
 Computation: single-head ablations are edits on the patching engine
 (:mod:`headscope.patching.engine`): one forward per layer serves all of that layer's heads (one
@@ -36,7 +44,7 @@ from headscope.models.arch import query_scale_act
 from headscope.patching.engine import Edit, PatchEngine
 from headscope.patching.heads import head_masks
 from headscope.results import HeadScores, build_provenance
-from headscope.safety.ablation import check_ablation, masked_mean_z
+from headscope.safety.ablation import PAPER_EPS, check_ablation, masked_mean_z
 
 Head = tuple[int, int]
 
@@ -59,14 +67,20 @@ def select_heads(model: Any, heads: str | None, layers: str | None = None) -> li
     return [(layer, h) for layer in range(model.n_layers) for h in range(model.n_heads)]
 
 
-def kl_div(base_logp: torch.Tensor, new_logp: torch.Tensor) -> torch.Tensor:
-    """KL(p_base || p_new) per row from log-probabilities (batch, d_vocab) -> (batch,)."""
+def kl_div(base_logp: torch.Tensor, new_logp: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """KL(p_base || p_new) per row from log-probabilities (batch, d_vocab) -> (batch,).
+
+    ``eps`` > 0 adds ``eps`` to both probability vectors first (the reference code's smoothing).
+    """
+    if eps:
+        p, q = base_logp.exp() + eps, new_logp.exp() + eps
+        return (p * (p.log() - q.log())).sum(-1)
     return (base_logp.exp() * (base_logp - new_logp)).sum(-1)
 
 
 def ablation_means(model: Any, task: Any, ablation: str, heads: list[Head], batch_size: int | None) -> dict[int, torch.Tensor] | None:
-    """Mean z over the harmless prompts (only for ``mean`` ablation)."""
-    if ablation != "mean":
+    """Mean z over the harmless prompts (only for ``mean_z`` ablation)."""
+    if ablation != "mean_z":
         return None
     tokens, last = task.batch(model, "harmless")
     return masked_mean_z(model, tokens, last, [layer for layer, _ in heads], batch_size)
@@ -82,6 +96,9 @@ def ablation_edit(ablation: str, layer: int, mask: torch.Tensor, eps: float, bas
     if ablation == "query_scale":
         assert base_q is not None and q_act is not None
         return Edit(q_act, layer, mask, (eps * base_q).unsqueeze(0))  # base_q: (n, pos, heads, d_head)
+    if ablation == "mean_mask":
+        assert base_q is not None and q_act is not None
+        return Edit(q_act, layer, mask, base_q.mean(2, keepdim=True).unsqueeze(0))
     if ablation == "zero":
         return Edit("z", layer, mask, torch.zeros(1, 1, 1, 1, 1))
     assert means is not None
@@ -94,10 +111,11 @@ def single_head_kls(
     last: torch.Tensor,
     heads: list[Head],
     ablation: str = "query_scale",
-    eps: float = 1e-2,
+    eps: float = PAPER_EPS,
     means: dict[int, torch.Tensor] | None = None,
     max_rows: int | None = None,
     progress: bool = False,
+    kl_eps: float = 1e-12,
 ) -> tuple[torch.Tensor, dict[Head, torch.Tensor]]:
     """KL(p_base || p_ablated) at each row's ``last`` position, one head ablated at a time.
 
@@ -113,10 +131,10 @@ def single_head_kls(
 
     def metric(logits: torch.Tensor) -> torch.Tensor:  # (k * n, d_vocab) -> (k * n,)
         k = logits.shape[0] // state["base"].shape[0]
-        return kl_div(state["base"].repeat(k, 1), logits.float().log_softmax(-1))
+        return kl_div(state["base"].repeat(k, 1), logits.float().log_softmax(-1), kl_eps)
 
     engine = PatchEngine(model, last, metric, max_rows=max_rows, progress=progress)
-    q_act = query_scale_act(model) if ablation == "query_scale" else None
+    q_act = query_scale_act(model) if ablation in ("query_scale", "mean_mask") else None
     acts = (q_act,) if q_act is not None else ()
     cache = engine.cache_run(tokens, acts=acts, layers=layers)
     assert cache.end_logits is not None
@@ -140,12 +158,14 @@ def single_head_kls(
     "ships",
     summary="Ships (Zhou et al. 2024): KL of the last-token distribution when one head is ablated (query scaling)",
     tasks=("safety",),
+    presets={"paper": {"ablation": "query_scale", "eps": PAPER_EPS, "kl_eps": 1e-12}},
 )
 def ships(
     model: Any,
     task: Any,
     ablation: str = "query_scale",
-    eps: float = 1e-2,
+    eps: float = PAPER_EPS,
+    kl_eps: float = 1e-12,
     heads: str | None = None,
     layers: str | None = None,
     batch_size: int | None = 16,
@@ -154,8 +174,9 @@ def ships(
     """Ships score of every (selected) head on the harmful requests.
 
     Args:
-        ablation: ``query_scale`` (default), ``mean`` or ``zero``.
-        eps: query scale for ``query_scale``.
+        ablation: ``query_scale`` (default), ``mean_mask``, ``mean_z`` or ``zero``.
+        eps: query scale for ``query_scale`` (default 1e-4, the reference code's).
+        kl_eps: probability smoothing in the KL (default 1e-12, the reference code's).
         heads: only these heads ("L.H,..."); others get NaN.
         layers: only the heads of these layers ("A-B" or "A,B").
         batch_size: prompts per forward pass of the mean-z reference run (the sweep itself is
@@ -169,7 +190,7 @@ def ships(
     chosen = select_heads(model, heads, layers)
     tokens, last = task.batch(model, "harmful")
     means = ablation_means(model, task, ablation, chosen, batch_size)
-    base, kls = single_head_kls(model, tokens, last, chosen, ablation, eps, means, progress=progress)
+    base, kls = single_head_kls(model, tokens, last, chosen, ablation, eps, means, progress=progress, kl_eps=kl_eps)
     shape = (model.n_layers, model.n_heads)
     score, err = np.full(shape, np.nan), np.full(shape, np.nan)
     for head, kl in kls.items():
@@ -178,10 +199,12 @@ def ships(
     refuse_top = [model.tokenizer.decode([int(i)]) for i in base.argmax(-1)]
     prov = build_provenance(
         model, task=task.describe(), analyzer="ships",
-        options={"ablation": ablation, "eps": eps, "heads": heads, "layers": layers, "batch_size": batch_size},
+        options={"ablation": ablation, "eps": eps, "kl_eps": kl_eps, "heads": heads, "layers": layers, "batch_size": batch_size},
         choices={
             "ablation": ablation, "eps": eps if ablation == "query_scale" else None,
-            "mean_reference": "harmless prompts, real positions" if ablation == "mean" else None,
+            "query_site": query_scale_act(model) if ablation in ("query_scale", "mean_mask") else None,
+            "mean_reference": "harmless prompts, real positions" if ablation == "mean_z" else None,
+            "kl_eps": kl_eps,
             "distribution": "next token at the last real token of each harmful prompt (chat template applied)" if task.uses_chat(model) else "next token at the last token",
             "kl": "KL(p_base || p_ablated), natural log, mean over prompts",
             "base_top_tokens": refuse_top,

@@ -230,6 +230,41 @@ class MaskQuery:
         }
 
 
+@dataclass
+class MeanQuery:
+    """Replace the heads' queries by the mean query of all heads of their layer, per position.
+
+    The ``mean_mask`` ablation of Zhou et al. 2024's reference code
+    (``lib/utils/custommodel.py``, ``CustomLlamaAttention.forward``: ``query_states[:, head_idx]
+    = query_states.mean(dim=1)``, before RoPE). It acts where query scaling acts
+    (:func:`headscope.models.arch.query_scale_act`); RoPE is linear and shared by all heads at a
+    position, so averaging before or after it is the same.
+    """
+
+    heads: Sequence[Head]
+
+    def prepare(self, model: Any) -> None:
+        _check_heads(model, self.heads)
+        for layer, _ in self.heads:
+            query_scale_act(model, int(layer))
+
+    def hooks(self, model: Any, batch_slice: slice) -> list[tuple[str, HookFn]]:
+        out: list[tuple[str, HookFn]] = []
+        for layer, heads in _by_layer(self.heads).items():
+            idx = torch.tensor(heads)
+
+            def fn(q: torch.Tensor, hook: Any, idx: torch.Tensor = idx) -> torch.Tensor:
+                q = q.clone()  # (batch, pos, head, d_head)
+                q[:, :, idx.to(q.device)] = q.mean(2, keepdim=True)
+                return q
+
+            out.append((hook_alias(query_scale_act(model, layer), layer), fn))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "MeanQuery", "heads": [f"{layer}.{head}" for layer, head in self.heads]}
+
+
 def make_ablation(
     kind: str,
     heads: Sequence[Head],

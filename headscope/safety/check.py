@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from headscope.generation import greedy_generate
-from headscope.safety.ablation import build_ablation, masked_mean_z
+from headscope.safety.ablation import PAPER_EPS, build_ablation, masked_mean_z
 from headscope.safety.refusal import Detector, load_detector
 
 Head = tuple[int, int]
@@ -36,7 +36,7 @@ def refusal_check(
     n_random: int = 2,
     max_new_tokens: int = 24,
     ablation: str = "query_scale",
-    eps: float = 1e-2,
+    eps: float = PAPER_EPS,
     seed: int = 0,
     detector: Detector | str | None = None,
     batch_size: int = 8,
@@ -64,7 +64,7 @@ def refusal_check(
     for i in range(n_random):
         conds[f"random_{i + 1}"] = random_heads(model, len(heads), heads, seed + i)
     means = None
-    if ablation == "mean":
+    if ablation == "mean_z":
         tok, last = task.batch(model, "harmless")
         means = masked_mean_z(model, tok, last, [layer for hs in conds.values() for layer, _ in hs])
     out: dict[str, Any] = {}

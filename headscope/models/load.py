@@ -2,7 +2,9 @@
 
 Spec forms, tried in this order:
 
-1. ``toy-*``: a planted-mechanism model from :mod:`headscope.toy` (built in memory).
+1. ``toy-*``: a planted-mechanism model from :mod:`headscope.toy` (built in memory);
+   ``zoo-<family>``: a tiny seeded random model of one architecture family
+   (:mod:`headscope.toy.zoo`), saved once in the headscope cache and loaded as a directory.
 2. An alias from :data:`headscope.models.aliases.ALIASES` (e.g. ``smollm2-135m``): its GGUF from
    an installed package if present, else its hub id.
 3. A path to a ``.gguf`` file: dequantized once and cached as safetensors (see ``gguf.py``).
@@ -87,8 +89,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def _known_names() -> list[str]:
     from headscope.toy import toy_names
+    from headscope.toy.zoo import zoo_names
 
-    return [*ALIASES, *toy_names()]
+    return [*ALIASES, *toy_names(), *zoo_names()]
 
 
 def _dir_weights_hash(directory: Path) -> str:
@@ -267,6 +270,14 @@ def _load_model(
             planted=dict(toy.planted), summary=toy.summary,
         )
 
+    if spec.startswith("zoo-"):
+        from headscope.toy.zoo import ZOO_FAMILIES, cached_zoo_dir, zoo_names
+
+        family = ZOO_FAMILIES.get(spec[4:])
+        if family is None:
+            raise HeadscopeError(f"unknown zoo model '{spec}'.{suggest(spec, zoo_names())} Zoo models: {', '.join(zoo_names())}.")
+        return _model_from_dir(cached_zoo_dir(family.name), spec, "zoo", dev, torch_dtype, device_map, summary=family.summary)
+
     if spec in ALIASES:
         alias = ALIASES[spec]
         gguf = alias.find_local()
@@ -330,5 +341,12 @@ def offline_status() -> list[dict[str, Any]]:
         rows.append(
             {"name": toy.name, "offline": True, "source": "built in (planted weights)",
              "summary": toy.summary, "install": ""}
+        )
+    from headscope.toy.zoo import ZOO_FAMILIES
+
+    for fam in ZOO_FAMILIES.values():
+        rows.append(
+            {"name": fam.spec, "offline": True, "source": "built in (seeded random weights, conformance zoo)",
+             "summary": fam.summary, "install": ""}
         )
     return rows

@@ -22,7 +22,7 @@ class Model:
             attention so ``hook_pattern`` fires).
         tokenizer: the Hugging Face tokenizer the bridge uses.
         spec: the spec the user asked for (``"smollm2-135m"``, ``"gpt2"``, a path, ...).
-        source: ``"toy"``, ``"gguf"``, ``"dir"`` or ``"hub"``.
+        source: ``"toy"``, ``"zoo"``, ``"gguf"``, ``"dir"`` or ``"hub"``.
         weights_hash: sha256 of the weights (GGUF file, safetensors files, or the toy state dict).
         planted: for planted toy models, role -> heads; empty otherwise.
         decode_checks_done: cached decoding steps already checked against a full recompute

@@ -7,6 +7,9 @@ Every toy is deterministic and builds in well under a second:
 * ``toy-successor``: successor head 1.0 + copying distractor 1.1, MLP0 ~ identity;
 * ``toy-gqa``: a seeded-random Llama with grouped-query attention (no planted heads).
 
+:mod:`headscope.toy.zoo` holds the architecture conformance zoo (``zoo-<family>``: one tiny
+seeded random model per Hugging Face family, for checking headscope against raw HF).
+
 See :mod:`headscope.toy.registry` for the interface and each model's module for its
 construction; :mod:`headscope.toy.vocab` holds the shared vocabulary and successor families.
 """

@@ -20,12 +20,12 @@ model's embedding scale (``sqrt(d_model)`` on Gemma; :func:`headscope.models.arc
 ``ln=True`` applies the model's real norms, as in the forward pass (bridge components, so
 Gemma's ``1 + weight`` and OLMo-2's post-norms are what the model computes): block 0's ``ln2``
 before MLP0 and ``ln2_post`` after it where present; the head's block ``ln1`` before ``W_V``
-where present; the post-attention norm ``ln1_post`` on the head's output where present
-(Gemma-2/3, OLMo-2; applied to the head's output alone, without its bias); and the final
-norm's linear part before ``W_U`` (mean-centring for LayerNorm models and the effective
-elementwise weight; :mod:`headscope.models.norms`). The final norm's per-input scale and bias
-are dropped: a positive per-input scale does not change rankings, and a bias adds the same
-offset for every input token. ``ln=False`` uses the raw vectors everywhere (MLP0 still
+where present; the linear part of the post-attention norm ``ln1_post`` on the head's output
+where present (Gemma-2/3, OLMo-2); and the final norm's linear part before ``W_U``
+(mean-centring for LayerNorm models and the effective elementwise weight;
+:mod:`headscope.models.norms`). The per-input scales of those two norms and their biases are
+dropped: a positive per-input scale does not change rankings, and a bias adds the same offset
+for every input token. ``ln=False`` uses the raw vectors everywhere (MLP0 still
 receives ``E[t]``). Attention biases (``b_V``, ``b_O``) are excluded. Positional embeddings
 (GPT-2) are not added.
 
@@ -156,9 +156,6 @@ def iter_ov_logits(
             wv, wo = ov_weights(model, layer, head)
             v = normed[layer] @ wv  # (n, d_head)
             post = block_norm(model, layer, "ln1_post") if ln else None
-            if post is None:
-                yield layer, head, v @ (wo @ w_u)
-            else:  # the head's output through the post-attention norm (its scale per input row)
-                scale = post.scale(v.float() @ wo.float()).to(v.dtype)
-                wo_post = post.linear(wo).to(wo.dtype)
-                yield layer, head, (v @ (wo_post @ w_u)) / scale
+            if post is not None:  # the post-attention norm's linear part (its per-row scale dropped)
+                wo = post.linear(wo).to(wo.dtype)
+            yield layer, head, v @ (wo @ w_u)

@@ -88,8 +88,10 @@ def test_logit_lens(family, pair, prompts, hs_call):
         return
     vectors, scale = got
     run = raw.run(tokens)
-    want = torch.cat([raw.head_out(layer, run.z[layer]) for layer in range(raw.n_layers)], dim=2)  # (b, p, L*H, d)
-    assert_close(vectors, want, "head vectors z_h W_O^h")
+    # what each head writes into the residual: z_h W_O^h, through the frozen post-attention norm
+    # on sandwich / post-norm families
+    want = torch.cat([_head_contrib(raw, layer, run.z[layer], run) for layer in range(raw.n_layers)], dim=2)
+    assert_close(vectors, want, "head writes into the residual (b, p, L*H, d)")
     assert_close(scale, raw.norm_scale(raw.final_norm, run.resid_final), "final-norm scale of the residual")
     w_u = raw.lm_head.weight.detach()
     bias = raw.norm_bias(raw.final_norm)
@@ -103,20 +105,20 @@ def test_logit_lens(family, pair, prompts, hs_call):
 
 
 def _multiplier(raw, module, v: torch.Tensor) -> torch.Tensor:
-    """The norm's elementwise multiplier applied to v, per-token scale and bias dropped: for
-    RMSNorm read through the module itself (``module(v) * rms(v)``), for LayerNorm its weight
-    (ov_circuit documents that it does not centre)."""
-    if isinstance(module, torch.nn.LayerNorm):
-        return v * module.weight.detach()
+    """The norm's linear part applied to v, per-token scale and bias dropped, read through the HF
+    module itself: ``(module(v) - bias) * scale(v)`` (RMSNorm: the real multiplier, ``1 + weight``
+    on Gemma; LayerNorm: centring, then the weight)."""
+    bias = raw.norm_bias(module)
     with torch.inference_mode():
-        return module(v) * raw.norm_scale(module, v)
+        out = module(v) - (bias if bias is not None else 0.0)
+        return out * raw.norm_scale(module, v)
 
 
 @pytest.mark.capability("ov_circuit")
 def test_ov_circuit(family, pair, hs_call):
     """``W_U^T W_OV e``: the head's own input norm (HF module), W_V of its KV head, W_O, the
-    post-attention norm's multiplier on sandwich/post-norm families, the final norm's
-    multiplier, W_U; per-token scales, biases dropped."""
+    post-attention norm's linear part on sandwich/post-norm families, the final norm's linear
+    part (LayerNorm centres), W_U; per-token scales, biases dropped."""
     raw = pair.raw
     emb = raw.embed_weight()[TOKEN_IDS]
     w_u = raw.lm_head.weight.detach()

@@ -6,7 +6,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
-import torch
 
 import headscope
 from headscope.analyzers import run_analyzer
@@ -27,8 +26,11 @@ def test_planted_copying_head_tops_copying_relation(copying):
     assert scores.heads("maps", k=1) == [planted]
     m = scores.matrix("maps")
     assert m.loc[planted[0], planted[1]] == 1.0
-    # the permutation head maps every token to another token: it never copies
-    assert m.loc[0, 0] == 0.0
+    # the permutation head maps every token to another token: its top token is never the source
+    # (its other logits tie up to rounding, so the top-10 score is left to tie-breaking)
+    assert scores.matrix("maps_rank1").loc[0, 0] == 0.0
+    # (the paper preset is checked against the reference computation in tests/conformance; on this
+    # toy its later-layer embedding MLP0(ln2(W_E)) is empty, since the toy's MLPs are zero)
     assert scores.provenance["choices"]["pairs_kept"] == scores["n"].iloc[0]
 
 
@@ -66,29 +68,6 @@ def test_salient_mappings_of_copying_head_are_identity(copying):
     perm = df[(df["layer"] == 0) & (df["head"] == 0)]
     assert len(perm) == 4
     assert (perm["source_id"] != perm["target_id"]).all()
-
-
-@pytest.mark.smollm2
-def test_smollm2_maps_copying_tops_are_ov_copying_heads():
-    """Heads with the highest MAPS copying score copy by the OV test on other tokens; random heads do not."""
-    from headscope.analyzers.copying_heads import copying_fraction
-    from headscope.analyzers.ov_circuit import effective_embedding, iter_ov_logits
-
-    model = headscope.load_model("smollm2-135m")
-    scores = run_analyzer("maps", model, make_task("relation", relation="copying"))
-    top = scores.heads("maps", k=3)
-    # the OV test on an independent token set: the induction task's whole-word tokens
-    tokens = make_task("induction", n_prompts=2, seq_len=30).tokens(model)
-    words = [t for t in dict.fromkeys(tokens[:, 1:].flatten().tolist())]
-    maps_src = set(make_task("relation", relation="copying").pairs(model)[0])
-    ids = torch.tensor([t for t in words if t not in maps_src][:50])
-    emb = effective_embedding(model, ids, "embed_mlp0")
-    gen = torch.Generator().manual_seed(0)
-    every = [(layer, h) for layer in range(model.n_layers) for h in range(model.n_heads) if (layer, h) not in top]
-    rnd = [every[i] for i in torch.randperm(len(every), generator=gen)[:20].tolist()]
-    ov = {(layer, h): copying_fraction(lg, ids, 5)[0] for layer, h, lg in iter_ov_logits(model, emb, heads=top + rnd)}
-    assert min(ov[h] for h in top) > max(ov[h] for h in rnd), ov
-    assert min(ov[h] for h in top) > 0.2
 
 
 def test_cli_operations_lists_successor_mappings(tmp_path):

@@ -26,7 +26,10 @@ where present (Gemma-2/3, OLMo-2); and the final norm's linear part before ``W_U
 :mod:`headscope.models.norms`). The per-input scales of those two norms and their biases are
 dropped: a positive per-input scale does not change rankings, and a bias adds the same offset
 for every input token. ``ln=False`` uses the raw vectors everywhere (MLP0 still
-receives ``E[t]``). Attention biases (``b_V``, ``b_O``) are excluded. Positional embeddings
+receives ``E[t]``). ``ln="fold"`` is TransformerLens's processed-weights view (``fold_ln``,
+``center_writing_weights``), which MAPS's reference code reads: the head's ``ln1`` weight
+multiplies its input instead of the whole norm (no centring, no normalisation), the rest as
+``ln=True``. Attention biases (``b_V``, ``b_O``) are excluded. Positional embeddings
 (GPT-2) are not added.
 
 GQA: bridge ``W_V`` holds only the KV heads (``(n_kv_heads, d_model, d_head)``); query head
@@ -63,13 +66,36 @@ def _block_part(model: Any, layer: int, name: str) -> Any | None:
     return getattr(block, name) if name in dict(block.named_children()) else None
 
 
-def final_readout(model: Any, w_u: torch.Tensor, ln: bool = True) -> torch.Tensor:
+LN_MODES: tuple[object, ...] = (True, False, "fold")
+
+
+def _head_input(model: Any, layer: int, emb: torch.Tensor, ln: bool | str) -> torch.Tensor:
+    """What the head's ``W_V`` reads: ``ln1(emb)`` (``ln=True``), ``emb * w_ln1`` (``"fold"``:
+    TransformerLens ``fold_ln``, the norm's weight folded into ``W_V``, no normalisation) or
+    ``emb`` (``ln=False``)."""
+    if ln is False:
+        return emb
+    if ln == "fold":
+        spec = block_norm(model, layer, "ln1")
+        return emb if spec is None else emb * spec.weight.to(emb.device, emb.dtype)
+    pre = _block_part(model, layer, "ln1")
+    return pre(emb.unsqueeze(0))[0] if pre is not None else emb
+
+
+def check_ln(ln: object) -> None:
+    """One-line error for an unknown norm convention."""
+    if ln not in LN_MODES or isinstance(ln, int) and not isinstance(ln, bool):
+        raise HeadscopeError(f"unknown ln {ln!r}: use true (real norms), false (none) or fold (norm weights folded).")
+
+
+def final_readout(model: Any, w_u: torch.Tensor, ln: bool | str = True) -> torch.Tensor:
     """``W_U`` (d_model, n_out) with the final norm's linear part folded in (``ln=True``).
 
     ``centre(x) * w`` as a matrix: rows scaled by the effective weight ``w``, then (LayerNorm)
-    each column's mean over ``d_model`` removed.
+    each column's mean over ``d_model`` removed. ``ln="fold"`` gives the same matrix (it is what
+    TransformerLens's ``fold_ln`` plus ``center_writing_weights`` compute for the final norm).
     """
-    if not ln:
+    if ln is False:
         return w_u
     spec = final_norm(model)
     out = spec.weight.to(w_u.device, w_u.dtype).unsqueeze(1) * w_u
@@ -151,8 +177,7 @@ def iter_ov_logits(
         normed: dict[int, torch.Tensor] = {}
         for layer, head in wanted:
             if layer not in normed:
-                pre = _block_part(model, layer, "ln1") if ln else None
-                normed = {layer: pre(emb.unsqueeze(0))[0] if pre is not None else emb}
+                normed = {layer: _head_input(model, layer, emb, ln)}
             wv, wo = ov_weights(model, layer, head)
             v = normed[layer] @ wv  # (n, d_head)
             post = block_norm(model, layer, "ln1_post") if ln else None

@@ -100,3 +100,21 @@ def test_smollm2_path_patching_equals_hand_hooks():
         k = path_patch(engine, batch.clean, batch.corrupted, Receivers("k", ((28, 4),)), sender_layers=[27])
         hand = _hand_path_patch(smol, batch, caches, (27, 2), 28, "k", smol.kv_head(4))
         assert abs(float(k.values[27, 2].mean()) - float(hand)) <= 1e-4
+
+
+def test_gqa_kv_receivers_name_the_whole_group_and_positions_are_checked():
+    """Under GQA a k receiver is a KV head: the result says which query heads it changes."""
+    from headscope.analyzers.registry import run_analyzer
+    from headscope.errors import HeadscopeError
+    from headscope.tasks import make_task
+
+    model = load_model("toy-gqa")
+    task = make_task("induction_contrast", n_prompts=4, seq_len=12)
+    got = run_analyzer("path_patching", model, task, receivers="1.1:k", preset="paper")
+    choices = got.provenance["choices"]
+    assert model.kv_groups()[model.kv_head(1)] == [0, 1]
+    assert choices["receiver_query_heads_affected"] == ["1.0", "1.1"]
+    assert "whole KV group" in choices["gqa_kv"]
+    assert choices["receiver_positions"] == "END of each row" and got.provenance["preset"] == "paper"
+    with pytest.raises(HeadscopeError, match="unknown receiver position 'ENDD'.*Did you mean 'END'"):
+        run_analyzer("path_patching", model, task, receivers="1.1:q", receiver_positions="ENDD")

@@ -19,11 +19,13 @@ from headscope.results import HeadScores, build_provenance
     "path_patching",
     summary="Wang et al. path patching: sender heads -> final residual or receivers' q/k/v (others frozen)",
     tasks=CONTRASTIVE_TASKS,
+    presets={"paper": {"receiver_positions": "END"}},
 )
 def path_patching(
     model: Any,
     task: Any,
     receivers: str = "resid",
+    receiver_positions: str = "all",
     sender_layers: list[int] | None = None,
     max_rows: int | None = None,
     progress: bool = False,
@@ -34,6 +36,9 @@ def path_patching(
         model: a loaded :class:`headscope.models.Model`.
         task: a contrastive task.
         receivers: ``resid`` (final residual stream) or ``HEADS:q|k|v`` (e.g. ``9.6,9.9:q``).
+        receiver_positions: ``all`` (default) or a named position of the task (``END``, the
+            paper preset: Wang et al. patch the name movers' queries at END only) where the
+            receivers' inputs are overwritten.
         sender_layers: restrict senders to these layers (default all before the receivers).
         max_rows: rows per batched forward.
         progress: progress bar.
@@ -44,16 +49,29 @@ def path_patching(
     """
     batch = task_batch(model, task)
     rec = parse_receivers(model, receivers)
+    if receiver_positions == "all":
+        where = None
+    elif receiver_positions in batch.positions:
+        where = batch.positions[receiver_positions]
+    else:
+        from headscope.errors import HeadscopeError, suggest
+
+        names = ["all", *batch.positions]
+        raise HeadscopeError(
+            f"unknown receiver position '{receiver_positions}'.{suggest(receiver_positions, names)} "
+            f"Choose from {', '.join(names)}."
+        )
     engine = engine_for(model, batch, max_rows=max_rows, progress=progress)
     with torch.inference_mode():
-        result = path_patch(engine, batch.clean, batch.corrupted, rec, sender_layers=sender_layers)
+        result = path_patch(engine, batch.clean, batch.corrupted, rec, sender_layers=sender_layers, receiver_pos=where)
     n = result.values.shape[-1]
     denom = float(result.clean.mean() - result.corrupted.mean())
     stderr = ((result.values - result.clean).std(-1, unbiased=True) / np.sqrt(n) / abs(denom)).numpy() if n > 1 else 0.0
     info = task.describe()
     provenance = build_provenance(
         model, task=info, analyzer="path_patching",
-        options={"receivers": receivers, "sender_layers": sender_layers, "max_rows": max_rows},
+        options={"receivers": receivers, "receiver_positions": receiver_positions, "sender_layers": sender_layers,
+                 "max_rows": max_rows},
         choices={
             "algorithm": "Wang et al. 2022 App. B Alg. 1: sender := corrupted, all other heads frozen to clean, "
             "MLPs and LayerNorms recomputed, receivers overwritten in a final pass (not TransformerLens's "
@@ -61,7 +79,9 @@ def path_patching(
             "direction": "noising: corrupted sender activation in the clean run",
             "normalisation": "(patched - clean) / (clean - corrupted) of the prompt-mean metric",
             "receivers": rec.describe(),
-            "gqa_kv": "k/v receivers are the receiver heads' KV heads",
+            "receiver_positions": "every position" if where is None else f"{receiver_positions} of each row",
+            "gqa_kv": "k/v exist per KV head: a k/v receiver overwrites its whole KV group" if rec.act in ("k", "v") else None,
+            "receiver_query_heads_affected": rec.affected_heads(model) if rec.act != "resid" else None,
             "clean_metric": float(result.clean.mean()),
             "corrupted_metric": float(result.corrupted.mean()),
         },

@@ -15,11 +15,17 @@ not frozen) is measured. This differs from TransformerLens's ``get_act_patch_dir
 which patches a residual-only direct path with no freezing and no MLP recomputation; the
 two are not interchangeable.
 
+Receiver positions: pass 3 overwrites the receivers' inputs at every position (default) or only
+at one position per row (``receiver_pos``, e.g. END): Wang et al. patch the name movers' queries
+at END only, the position they read the answer from (Sec. 3.1 and App. B).
+
 Score: ``(patched - clean) / (clean - corrupted)`` of the prompt-mean metric: about -1 when the
 path carries the whole clean-vs-corrupted difference, 0 when it carries none. Senders at or
-after the first receiver layer cannot reach it and get NaN. Under GQA a k/v receiver is the
-receiver head's KV head (shared by its group). Both passes are batched over senders and
-reuse the cached clean prefix (see :mod:`headscope.patching.engine`).
+after the first receiver layer cannot reach it and get NaN. Under GQA k and v exist per KV
+head only, so a k/v receiver is the receiver head's KV head: overwriting it changes every
+query head of its group, not the named receiver alone (the result's provenance lists the
+query heads affected). Both passes are batched over senders and reuse the cached clean prefix
+(see :mod:`headscope.patching.engine`).
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ class Receivers:
         if self.act == "resid":
             return "resid_final"
         return ",".join(f"{layer}.{h}" for layer, h in self.heads) + f":{self.act}"
+
+    def affected_heads(self, model) -> list[str]:  # noqa: ANN001 - Model
+        """The query heads whose input the receivers' overwrite changes (k/v: whole KV groups)."""
+        if self.act not in ("k", "v"):
+            return [f"{layer}.{h}" for layer, h in self.heads]
+        groups = {(layer, model.kv_head(h)) for layer, h in self.heads}
+        return [f"{layer}.{h}" for layer, kv in sorted(groups) for h in model.kv_groups()[kv]]
 
 
 def parse_receivers(model, text: str) -> Receivers:  # noqa: ANN001 - Model
@@ -98,8 +111,13 @@ def path_patch(
     corrupted_tokens: torch.Tensor,
     receivers: Receivers,
     sender_layers: list[int] | None = None,
+    receiver_pos: torch.Tensor | None = None,
 ) -> PathPatchResult:
-    """Path-patch every sender head (in ``sender_layers``, default all) into ``receivers``."""
+    """Path-patch every sender head (in ``sender_layers``, default all) into ``receivers``.
+
+    ``receiver_pos`` (n,): overwrite the receivers' inputs only at that position of each row
+    (default: every position). Ignored for the final residual.
+    """
     model = engine.model
     n, pos = clean_tokens.shape
     clean = engine.cache_run(clean_tokens, acts=("z",))
@@ -131,7 +149,11 @@ def path_patch(
                 acts = got[(receivers.act, r)]
                 n_units = acts.shape[2]
                 mask = torch.zeros(k, n, pos, n_units, dtype=torch.bool)
-                mask[:, :, :, units_r] = True
+                if receiver_pos is None:
+                    mask[:, :, :, units_r] = True
+                else:
+                    rows = torch.arange(n).unsqueeze(1)
+                    mask[:, rows, receiver_pos.cpu().view(n, 1), torch.tensor(units_r).view(1, -1)] = True
                 final.append(Edit(receivers.act, r, mask, acts.view(k, n, *acts.shape[1:])))
             start = min(receivers.layers)
             vals, _ = engine.run_edits(start, clean.resid_pre[start], final, k, base=clean, shared_prefix=prefix)

@@ -61,18 +61,22 @@ def test_activation_patching(family, act, pair, prompts, hs_call):
 
 
 @pytest.mark.capability("path_patching_{receivers}")
-@pytest.mark.parametrize("receivers", ["resid", "q"])
+@pytest.mark.parametrize("receivers", ["resid", "q", "q_at_END"])
 def test_path_patching(family, receivers, pair, prompts, hs_call):
     """Wang et al. 2022 App. B. Pass 2 (clean input): sender := corrupted z, every other head
     frozen to its clean z, MLPs and norms recomputed; the metric is read there (receivers =
     logits) or the receivers' q is recorded there (receivers = heads 0 and 2 of the last
-    layer) and written into a free clean run (pass 3)."""
+    layer) and written into a free clean run (pass 3), at every position or, as for Wang et
+    al.'s name movers, at each row's END only."""
     batch, raw = prompts.batch, pair.raw
-    top = raw.n_layers - 1
+    # receivers in the last layer; for END-only receivers one layer earlier, so that their
+    # inputs at other positions could still reach END (and patching them there would show)
+    top = raw.n_layers - (2 if receivers == "q_at_END" else 1)
     rec_heads = [0, 2]
     rec = Receivers() if receivers == "resid" else Receivers("q", tuple((top, h) for h in rec_heads))
+    at_end = receivers == "q_at_END"
     engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
-    res = hs_call(lambda: path_patch(engine, batch.clean, batch.corrupted, rec))
+    res = hs_call(lambda: path_patch(engine, batch.clean, batch.corrupted, rec, receiver_pos=batch.end if at_end else None))
     if res is REFUSED:
         return
     clean, corrupted = raw.run(batch.clean), raw.run(batch.corrupted)
@@ -91,11 +95,16 @@ def test_path_patching(family, receivers, pair, prompts, hs_call):
 
             edits[later] = freeze
         run = raw.run(stacked, z_edit=edits)
-        if receivers == "q":
+        if receivers != "resid":
             recorded = run.q[top]
+            rows, ends = torch.arange(stacked.shape[0]), batch.end.repeat(k)
 
             def receive(q: torch.Tensor, recorded: torch.Tensor = recorded) -> torch.Tensor:
-                q[:, :, rec_heads] = recorded[:, :, rec_heads]
+                for h in rec_heads:
+                    if at_end:
+                        q[rows, ends, h] = recorded[rows, ends, h]
+                    else:
+                        q[:, :, h] = recorded[:, :, h]
                 return q
 
             run = raw.run(stacked, proj_edit={("q", top): receive})

@@ -97,9 +97,9 @@ def test_path_patching(family, receivers, pair, prompts, hs_call):
         run = raw.run(stacked, z_edit=edits)
         if receivers != "resid":
             recorded = run.q[top]
-            rows, ends = torch.arange(stacked.shape[0]), batch.end.repeat(k)
 
             def receive(q: torch.Tensor, recorded: torch.Tensor = recorded) -> torch.Tensor:
+                rows, ends = torch.arange(q.shape[0]), batch.end.repeat(k)
                 for h in rec_heads:
                     if at_end:
                         q[rows, ends, h] = recorded[rows, ends, h]

@@ -6,6 +6,7 @@
 >>> scores.top(5, metric="induction")
 >>> scores.to_parquet("induction.parquet")
 >>> hs.plots.head_heatmap(scores, metric="induction").show()
+>>> hs.verify_model(model).to_frame()               # headscope vs an independent raw HF copy
 """
 
 from __future__ import annotations
@@ -74,4 +75,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return importlib.import_module("headscope.plots")
+    if name == "verify_model":  # conformance checks against a raw HF copy (headscope verify)
+        from headscope.verify import verify_model
+
+        return verify_model
     raise AttributeError(name)

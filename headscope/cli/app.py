@@ -1,4 +1,4 @@
-"""``headscope`` CLI: score, show, models, tasks.
+"""``headscope`` CLI: score, show, models, tasks (and ablate, lens, report, run, compare, verify).
 
 User errors print one line (``error: ...``) and exit 2, without a traceback. Set
 ``HEADSCOPE_DEBUG=1`` to see tracebacks of unexpected errors.
@@ -180,10 +180,11 @@ from headscope.cli.compare import register as _register_compare  # noqa: E402
 from headscope.cli.lens import register as _register_lens  # noqa: E402
 from headscope.cli.report import register as _register_report  # noqa: E402
 from headscope.cli.run import register as _register_run  # noqa: E402
+from headscope.cli.verify import register as _register_verify  # noqa: E402
 
 _register_ablate(app)
 _register_lens(app)
-for _register in (_register_report, _register_run, _register_compare):
+for _register in (_register_report, _register_run, _register_compare, _register_verify):
     _register(app)
 
 
@@ -203,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
 
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="headscope", standalone_mode=False)
+        code = command.main(args=argv, prog_name="headscope", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
+            sys.exit(code)
     except HeadscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -184,7 +184,8 @@ def _model_from_dir(
     model, tok = _from_dir(directory, dtype, device_map)
     bridge = _boot(str(directory), model, tok, device, dtype)
     digest = weights_hash if weights_hash is not None else _dir_weights_hash(directory)
-    return Model(bridge, bridge.tokenizer, spec, source, digest, device, dtype, summary=summary)
+    return Model(bridge, bridge.tokenizer, spec, source, digest, device, dtype, summary=summary,
+                 source_dir=str(directory))
 
 
 def _boot(name: str, hf_model: Any, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:

@@ -27,6 +27,9 @@ class Model:
         planted: for planted toy models, role -> heads; empty otherwise.
         decode_checks_done: cached decoding steps already checked against a full recompute
             (see :mod:`headscope.trace.decode_check`).
+        source_dir: the saved Hugging Face directory the weights were loaded from (directory,
+            GGUF-dequantized cache, hub snapshot), so an independent raw copy can be loaded
+            (``headscope verify``); None for toy models and models wrapped by hand.
     """
 
     bridge: Any
@@ -39,6 +42,7 @@ class Model:
     planted: dict[str, tuple[Head, ...]] = field(default_factory=dict)
     summary: str = ""
     decode_checks_done: int = field(default=0, repr=False)
+    source_dir: str | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ shape facts
     @property

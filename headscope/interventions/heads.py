@@ -190,17 +190,20 @@ class ResampleAblate(PatchHeads):
 
 
 @dataclass
-class MaskQuery:
-    """Scale the heads' queries by ``scale`` (0: uniform attention; small: near-uniform)."""
+class _QueryEdit:
+    """Shared machinery: edit the heads' queries where a query edit reaches the attention
+    logits (:func:`headscope.models.arch.query_scale_act`), one hook per layer."""
 
     heads: Sequence[Head]
-    scale: float = 0.0
-    positions: torch.Tensor | None = None
 
     def prepare(self, model: Any) -> None:
         _check_heads(model, self.heads)
         for layer, _ in self.heads:
-            query_scale_act(model, int(layer))  # refuses where scaling cannot reach the logits
+            query_scale_act(model, int(layer))  # refuses where a query edit cannot reach the logits
+
+    def edit(self, q: torch.Tensor, idx: torch.Tensor) -> None:
+        """Edit ``q`` (batch, pos, head, d_head) in place at query heads ``idx``."""
+        raise NotImplementedError
 
     def hooks(self, model: Any, batch_slice: slice) -> list[tuple[str, HookFn]]:
         out: list[tuple[str, HookFn]] = []
@@ -208,18 +211,28 @@ class MaskQuery:
             idx = torch.tensor(heads)
 
             def fn(q: torch.Tensor, hook: Any, idx: torch.Tensor = idx) -> torch.Tensor:
-                q = q.clone()  # (batch, pos, head, d_head)
-                hidx = idx.to(q.device)
-                where = _position_index(self.positions, q.shape[0], q.shape[1], q.device)
-                if where is None:
-                    q[:, :, hidx] = q[:, :, hidx] * self.scale
-                else:
-                    r, p = where
-                    q[r.unsqueeze(-1), p.unsqueeze(-1), hidx] = q[r.unsqueeze(-1), p.unsqueeze(-1), hidx] * self.scale
+                q = q.clone()
+                self.edit(q, idx.to(q.device))
                 return q
 
             out.append((hook_alias(query_scale_act(model, layer), layer), fn))
         return out
+
+
+@dataclass
+class MaskQuery(_QueryEdit):
+    """Scale the heads' queries by ``scale`` (0: uniform attention; small: near-uniform)."""
+
+    scale: float = 0.0
+    positions: torch.Tensor | None = None
+
+    def edit(self, q: torch.Tensor, idx: torch.Tensor) -> None:
+        where = _position_index(self.positions, q.shape[0], q.shape[1], q.device)
+        if where is None:
+            q[:, :, idx] = q[:, :, idx] * self.scale
+        else:
+            r, p = where
+            q[r.unsqueeze(-1), p.unsqueeze(-1), idx] = q[r.unsqueeze(-1), p.unsqueeze(-1), idx] * self.scale
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -231,7 +244,7 @@ class MaskQuery:
 
 
 @dataclass
-class MeanQuery:
+class MeanQuery(_QueryEdit):
     """Replace the heads' queries by the mean query of all heads of their layer, per position.
 
     The ``mean_mask`` ablation of Zhou et al. 2024's reference code
@@ -241,25 +254,8 @@ class MeanQuery:
     position, so averaging before or after it is the same.
     """
 
-    heads: Sequence[Head]
-
-    def prepare(self, model: Any) -> None:
-        _check_heads(model, self.heads)
-        for layer, _ in self.heads:
-            query_scale_act(model, int(layer))
-
-    def hooks(self, model: Any, batch_slice: slice) -> list[tuple[str, HookFn]]:
-        out: list[tuple[str, HookFn]] = []
-        for layer, heads in _by_layer(self.heads).items():
-            idx = torch.tensor(heads)
-
-            def fn(q: torch.Tensor, hook: Any, idx: torch.Tensor = idx) -> torch.Tensor:
-                q = q.clone()  # (batch, pos, head, d_head)
-                q[:, :, idx.to(q.device)] = q.mean(2, keepdim=True)
-                return q
-
-            out.append((hook_alias(query_scale_act(model, layer), layer), fn))
-        return out
+    def edit(self, q: torch.Tensor, idx: torch.Tensor) -> None:
+        q[:, :, idx] = q.mean(2, keepdim=True)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "MeanQuery", "heads": [f"{layer}.{head}" for layer, head in self.heads]}

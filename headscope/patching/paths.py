@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from headscope.errors import HeadscopeError
+from headscope.patching.baselines import check_gap
 from headscope.patching.engine import Edit, PatchEngine, RunCache, shared_prefix
 from headscope.patching.heads import head_masks
 
@@ -76,6 +77,7 @@ class PathPatchResult:
 
     def normalized(self) -> torch.Tensor:
         """(n_layers, n_heads): (patched - clean) / (clean - corrupted)."""
+        check_gap(self.clean, self.corrupted)
         c, r = self.clean.mean(), self.corrupted.mean()
         return (self.values.mean(-1) - c) / (c - r)
 
@@ -104,6 +106,7 @@ def path_patch(
     n, pos = clean_tokens.shape
     clean = engine.cache_run(clean_tokens, acts=("z",))
     corrupted = engine.cache_run(corrupted_tokens, acts=("z",))
+    check_gap(engine.metric(clean.end_logits), engine.metric(corrupted.end_logits))  # before the sweep
     last = model.n_layers if receivers.act == "resid" else min(receivers.layers)
     layers = [layer for layer in (sender_layers or range(model.n_layers)) if layer < last]
     values = torch.full((model.n_layers, model.n_heads, n), float("nan"))

@@ -44,12 +44,23 @@ def load_questions(path: str | None) -> list[dict[str, Any]]:
         p = Path(path).expanduser()
         if not p.is_file():
             raise HeadscopeError(f"MCQA file {p} does not exist: give a .json list of {{question, options, answer}}.")
-        data = json.loads(p.read_text())
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) else ""
+            raise HeadscopeError(f"MCQA file {p} is not JSON{where}: give a .json list of "
+                                 '{"question": ..., "options": [...], "answer": 0-based index}.') from None
     rows = data.get("questions", []) if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise HeadscopeError("the MCQA file must hold a JSON list of questions (or {\"questions\": [...]}).")
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not {"question", "options", "answer"} <= set(r):
             raise HeadscopeError(f"MCQA row {i} needs question, options and answer.")
-        if not 2 <= len(r["options"]) <= len(LETTERS) or not 0 <= int(r["answer"]) < len(r["options"]):
+        opts, ans = r["options"], r["answer"]
+        if (not isinstance(opts, list) or not all(isinstance(o, str) for o in opts) or not isinstance(r["question"], str)
+                or isinstance(ans, bool) or not isinstance(ans, int)):
+            raise HeadscopeError(f"MCQA row {i}: question must be text, options a list of texts and answer an integer index.")
+        if not 2 <= len(opts) <= len(LETTERS) or not 0 <= ans < len(opts):
             raise HeadscopeError(f"MCQA row {i}: 2-8 options and a 0-based answer index are required.")
     if not rows:
         raise HeadscopeError("the MCQA file has no questions.")

@@ -67,12 +67,18 @@ class Trial:
     depth: float
 
 
-def _as_tuple(value: Any, cast: Any) -> tuple:
+def _as_tuple(value: Any, cast: Any, name: str = "value") -> tuple:
+    text = value
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
     if isinstance(value, int | float):
         value = [value]
-    return tuple(cast(v) for v in value)
+    try:
+        return tuple(cast(v) for v in value)
+    except (TypeError, ValueError):
+        kind = "integers" if cast is int else "numbers"
+        raise HeadscopeError(f"{name}={text!r} must be a comma list of {kind}: e.g. -o {name}="
+                             f"{'256,512' if cast is int else '0.1,0.5,0.9'}.") from None
 
 
 @register_task(
@@ -101,8 +107,8 @@ class NeedleTask:
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.context_lengths = _as_tuple(self.context_lengths, int)
-        self.depths = _as_tuple(self.depths, float)
+        self.context_lengths = _as_tuple(self.context_lengths, int, "context_lengths")
+        self.depths = _as_tuple(self.depths, float, "depths")
         if not self.context_lengths or min(self.context_lengths) < 16:
             raise HeadscopeError("context_lengths must be at least 16 tokens: e.g. -o context_lengths=256,512.")
         if any(not 0.0 <= d <= 1.0 for d in self.depths) or not self.depths:

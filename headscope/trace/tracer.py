@@ -15,6 +15,7 @@ import torch
 
 from headscope.errors import HeadscopeError
 from headscope.progress import progress_bar
+from headscope.trace.inputs import check_tokens
 from headscope.trace.names import ACTIVATIONS, hook_name
 from headscope.trace.reducers import ReduceContext, Reducer
 
@@ -128,6 +129,7 @@ def trace(
     for r in reducers:
         if r.act not in ACTIVATIONS:
             raise TracerError(f"reducer '{r.name}' reads unknown activation '{r.act}'.")
+    check_tokens(model, tokens)
     if tokens.ndim != 2:
         raise TracerError(f"tokens must be (batch, pos); got shape {tuple(tokens.shape)}.")
     n_past = 0 if past_key_values is None else int(past_key_values.get_seq_length())

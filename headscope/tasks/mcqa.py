@@ -1,6 +1,6 @@
 """Multiple-choice questions for select-and-copy heads (Tulchinskii et al. 2024, "Listening to the Wise Few").
 
-Data: ``headscope/data/mcqa.json`` (48 easy 4-option questions written for headscope) or a
+Data: ``data/mcqa.json`` (48 easy 4-option questions written for headscope) or a
 user's ``.json`` file (a list of ``{"question", "options", "answer"}`` objects, ``answer`` the
 0-based index of the correct option; or ``{"questions": [...]}``).
 
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError
 from headscope.tasks.mcqa_generated import generated_questions
 from headscope.tasks.registry import register_task
@@ -39,7 +39,7 @@ LETTERS = "ABCDEFGH"
 def load_questions(path: str | None) -> list[dict[str, Any]]:
     """Questions as dicts with ``question``, ``options`` and ``answer``."""
     if path is None:
-        data = json.loads(resources.files("headscope").joinpath("data/mcqa.json").read_text())
+        data = load_json("mcqa.json")
     else:
         p = Path(path).expanduser()
         if not p.is_file():

@@ -1,6 +1,6 @@
 """Token relations for MAPS (Elhelo & Geva 2024): (source token, target token) pairs.
 
-Built-in relations (``headscope/data/maps_relations.json``, written for headscope):
+Built-in relations (``data/maps_relations.json``, written for headscope):
 ``copying`` (t -> t), ``successor`` (1 -> 2, Monday -> Tuesday, A -> B, ...),
 ``country_capital`` (France -> Paris) and ``lowercase_uppercase`` (a -> A, city -> City).
 A user's relation: ``-o path=pairs.json`` (a JSON list of ``[source, target]`` pairs, or an
@@ -18,17 +18,17 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError, suggest
 from headscope.tasks.registry import register_task
 
 
 def builtin_relations() -> dict[str, list[list[str]]]:
     """All built-in relations: name -> [[source, target], ...]."""
-    data = json.loads(resources.files("headscope").joinpath("data/maps_relations.json").read_text())
+    data = load_json("maps_relations.json")
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 

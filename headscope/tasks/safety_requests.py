@@ -3,7 +3,7 @@ Attention Heads in Large Language Model Safety").
 
 Sources (``source``):
 
-- ``builtin`` (default): ``headscope/data/harmful_requests.json`` (64 generic requests in 8 harm
+- ``builtin`` (default): ``data/harmful_requests.json`` (64 generic requests in 8 harm
   categories, written for headscope; no operational detail) and ``harmless_requests.json``
   (64 matched benign requests);
 - ``advbench`` (walledai/AdvBench), ``jailbreakbench`` (JailbreakBench/JBB-Behaviors) or any
@@ -26,12 +26,12 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError
 from headscope.tasks.registry import register_task
 
@@ -44,7 +44,7 @@ TEXT_COLUMNS = ("prompt", "goal", "Goal", "behavior", "Behavior", "instruction",
 
 def builtin_requests(kind: str) -> list[str]:
     """The built-in ``harmful`` or ``harmless`` requests."""
-    data = json.loads(resources.files("headscope").joinpath(f"data/{kind}_requests.json").read_text())
+    data = load_json(f"{kind}_requests.json")
     return [r["prompt"] for r in data["requests"]]
 
 

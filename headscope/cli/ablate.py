@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ablate HEADS on TASK and print the metric before and after."""
         from headscope.cli.display import console
-        from headscope.cli.options import parse_options, typed
+        from headscope.cli.options import check_device, parse_options, typed
         from headscope.heads_text import parse_head_list
         from headscope.interventions import ABLATION_KINDS
         from headscope.models import load_model
@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
 
             raise HeadscopeError(f"unknown ablation kind '{kind}'.{suggest(kind, ABLATION_KINDS)} Kinds: {', '.join(ABLATION_KINDS)}.")
         parse_head_list(heads)  # syntax, before the model loads
+        check_device(device)
         info = get_task_info(task)
         params = parse_options(option)
         bad = [k for k in params if k not in info.parameters()]

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from headscope.cli.display import console, provenance_table, runs_table, top_table
-from headscope.cli.options import parse_options, route_options, typed
+from headscope.cli.options import check_device, parse_options, route_options, typed
 from headscope.errors import HeadscopeError
 
 app = typer.Typer(
@@ -67,6 +67,7 @@ def score(
     from headscope.tasks import make_task
     from headscope.tasks.registry import get_task_info
 
+    check_device(device)
     info = get_task_info(task)
     analyzer_name = analyzer or info.default_analyzer
     an = get_analyzer(analyzer_name)

@@ -30,6 +30,8 @@ def register(app: typer.Typer) -> None:
 
         if out is not None:
             out = _check_output(out, ".html", "--out")
+        if csv is not None:
+            csv = _check_output(csv, ".csv", "--csv")
         a, b = read_parquet(run_a), read_parquet(run_b)
         cmp = compare_results(a, b, metric_a=metric_a, metric_b=metric_b, k=top)
         console.print(f"A = {run_a} ({cmp.name_a})\nB = {run_b} ({cmp.name_b})")
@@ -60,7 +62,10 @@ def register(app: typer.Typer) -> None:
                        f"{r.rank_a:.0f}", f"{r.rank_b:.0f}")
         console.print(t2)
         if csv is not None:
-            cmp.table.to_csv(_check_output(csv, ".csv", "--csv"), index=False)
+            from headscope.results.atomic import atomic_write
+
+            with atomic_write(csv) as tmp:
+                cmp.table.to_csv(tmp, index=False)
             console.print(f"wrote {csv}")
         if out is not None:
             from headscope.report.compare import write_comparison_html

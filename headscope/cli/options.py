@@ -63,3 +63,15 @@ def route_options(
                 f"{', '.join(task_params) or 'none'}; analyzer options: {', '.join(analyzer_options) or 'none'}."
             )
     return task_kw, analyzer_kw
+
+
+def check_device(device: str | None, flag: str = "--device") -> None:
+    """A one-line error for a device string torch cannot parse (``auto`` is headscope's own)."""
+    if device is None or device == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise HeadscopeError(f"unknown device '{device}' for {flag}: use cpu, cuda, cuda:N, mps or auto.") from None

@@ -31,3 +31,10 @@ def check_gap(clean: torch.Tensor, corrupted: torch.Tensor, rel_tol: float = 1e-
             "(clean - corrupted), would divide by zero. Make the corrupted prompts change the answer, and check "
             "that each row's answer and wrong tokens differ."
         )
+
+
+def check_layers(layers: list[int] | None, n_layers: int, name: str = "layers") -> None:
+    """Raise unless every layer index is in ``0..n_layers-1``."""
+    bad = [layer for layer in layers or [] if not 0 <= int(layer) < n_layers]
+    if bad:
+        raise HeadscopeError(f"{name} {bad[0]} is out of range: the model has layers 0..{n_layers - 1} (e.g. -o {name}=[0,1]).")

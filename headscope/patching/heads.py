@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
-from headscope.patching.baselines import check_gap
+from headscope.patching.baselines import check_gap, check_layers
 from headscope.patching.engine import PATCH_ACTS, Edit, PatchEngine, RunCache, shared_prefix
 
 
@@ -110,6 +110,7 @@ def patch_all_heads(
         raise HeadscopeError("clean and corrupted tokens must have the same shape for patching.")
     model = engine.model
     n, pos_len = clean_tokens.shape
+    check_layers(layers, model.n_layers)
     sweep = list(range(model.n_layers)) if layers is None else sorted(set(layers))
     clean_cache = clean_cache or engine.cache_run(clean_tokens, acts=(act,), layers=sweep)
     corrupted_cache = corrupted_cache or engine.cache_run(corrupted_tokens, acts=(), layers=[])

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from headscope.errors import HeadscopeError
-from headscope.patching.baselines import check_gap
+from headscope.patching.baselines import check_gap, check_layers
 from headscope.patching.engine import Edit, PatchEngine, RunCache, shared_prefix
 from headscope.patching.heads import head_masks
 
@@ -103,6 +103,7 @@ def path_patch(
 ) -> PathPatchResult:
     """Path-patch every sender head (in ``sender_layers``, default all) into ``receivers``."""
     model = engine.model
+    check_layers(sender_layers, model.n_layers, "sender_layers")
     n, pos = clean_tokens.shape
     clean = engine.cache_run(clean_tokens, acts=("z",))
     corrupted = engine.cache_run(corrupted_tokens, acts=("z",))

@@ -97,6 +97,8 @@ def read_rows(path: str | Path) -> dict[str, list[Any]]:
     import hashlib
 
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise HeadscopeError(f"task file {p} is a directory: pass -o path=FILE.csv|json|jsonl|parquet.")
     if not p.is_file():
         raise HeadscopeError(f"task file {p} does not exist: pass -o path=FILE.csv|json|jsonl|parquet.")
     fmt = FORMATS.get(p.suffix.lower())

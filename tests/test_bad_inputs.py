@@ -398,6 +398,10 @@ CASES: list[Case] = [
          message="is not JSON", setup=lambda b: write(b / "pairs.json", "Paris -> France\n")),
     Case("safety_request_file_missing", ["score", "-m", "toy-refusal", "-t", "safety", "-o", "source=nope.json"],
          message="does not exist"),
+    Case("safety_request_file_not_json", ["score", "-m", "toy-refusal", "-t", "safety", "-o", "source=req.json"],
+         message="is not JSON (line 1", setup=lambda b: write(b / "req.json", "{requests: [oops]}")),
+    Case("safety_request_jsonl_bad_line", ["score", "-m", "toy-refusal", "-t", "safety", "-o", "source=req.jsonl"],
+         message="line 2 is not valid JSON", setup=lambda b: write(b / "req.jsonl", '{"prompt": "hi"}\n{oops\n')),
     Case("user_file_is_directory", ["score", "-m", TOY, "-t", "user_file", "-o", "path=adir"], message="is a directory",
          setup=lambda b: (b / "adir").mkdir()),
     Case("compare_csv_wrong_suffix", ["compare", "a.parquet", "a.parquet", "--csv", "x.txt"], message="should end in .csv",
@@ -655,3 +659,24 @@ def test_ctrl_c_during_recipe_keeps_finished_steps(tmp_path):
     assert "[1/2] quick: up to date" in out and code == 130, (code, err)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["quick.parquet"]
     assert (tmp_path / "out" / "quick.parquet").read_bytes() == first
+
+
+def test_option_values_follow_their_annotations():
+    """Text and values against annotations (headscope.params), by hand-written expectation."""
+    from headscope.errors import HeadscopeError
+    from headscope.params import coerce
+
+    lengths = tuple[int, ...] | list[int] | str | int
+    ok = [("8", int, 8), (8.0, int, 8), ("0.5", float, 0.5), (3, float, 3.0), ("yes", bool, True), ("off", bool, False),
+          ("9.10", str, "9.10"), (5, str, "5"), ("none", int | None, None), ("1,3", list[int] | None, [1, 3]),
+          ("[1, 3]", list[int] | None, [1, 3]), ("256", lengths, 256), ("256,512", lengths, (256, 512)),
+          ([256, 512], lengths, [256, 512]), ("5", str | int | None, 5), ("9.6,10.1", str | int | None, "9.6,10.1"),
+          ("induction", tuple[str, ...] | list[str] | str, "induction")]
+    for value, annotation, want in ok:
+        got = coerce("x", value, annotation)
+        assert got == want and type(got) is type(want), (value, annotation, got)
+    for value, annotation in [("abc", int), ("2.5", int), (2.5, int), (True, int), ("true", int), ("maybe", bool),
+                              (True, float), (9.6, str), ("1,x", list[int] | None), ("", list[int])]:
+        with pytest.raises(HeadscopeError) as info:
+            coerce("x", value, annotation, "task 't' parameter", 16)
+        assert "\n" not in str(info.value) and str(info.value).startswith("task 't' parameter x=")

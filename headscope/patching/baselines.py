@@ -3,7 +3,9 @@
 Activation, path and attribution patching divide by ``clean - corrupted`` of the prompt-mean
 metric. When the two runs give the same metric (answer == wrong token, corrupted prompts equal to
 the clean ones, or a corruption the model ignores) that division yields NaN or +-inf for every
-head; :func:`check_gap` says so in one line instead.
+head; :func:`check_gap` says so in one line instead. The patching sweeps call it before they
+start (except when clean and corrupted tokens are identical: deliberate self-patching, whose raw
+values are still useful) and every ``normalized()`` calls it before dividing.
 """
 
 from __future__ import annotations

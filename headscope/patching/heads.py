@@ -114,7 +114,8 @@ def patch_all_heads(
     sweep = list(range(model.n_layers)) if layers is None else sorted(set(layers))
     clean_cache = clean_cache or engine.cache_run(clean_tokens, acts=(act,), layers=sweep)
     corrupted_cache = corrupted_cache or engine.cache_run(corrupted_tokens, acts=(), layers=[])
-    check_gap(engine.metric(clean_cache.end_logits), engine.metric(corrupted_cache.end_logits))  # before the sweep
+    if not torch.equal(clean_tokens, corrupted_tokens):  # a contrastive batch (not self-patching): fail before the sweep
+        check_gap(engine.metric(clean_cache.end_logits), engine.metric(corrupted_cache.end_logits))
     n_units = model.n_kv_heads if act in ("k", "v") else model.n_heads
     names, specs = _position_specs(positions, n, pos_len)
     values = torch.full((model.n_layers, n_units, len(names), n), float("nan"))

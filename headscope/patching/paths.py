@@ -107,7 +107,8 @@ def path_patch(
     n, pos = clean_tokens.shape
     clean = engine.cache_run(clean_tokens, acts=("z",))
     corrupted = engine.cache_run(corrupted_tokens, acts=("z",))
-    check_gap(engine.metric(clean.end_logits), engine.metric(corrupted.end_logits))  # before the sweep
+    if not torch.equal(clean_tokens, corrupted_tokens):  # a contrastive batch (not self-patching): fail before the sweep
+        check_gap(engine.metric(clean.end_logits), engine.metric(corrupted.end_logits))
     last = model.n_layers if receivers.act == "resid" else min(receivers.layers)
     layers = [layer for layer in (sender_layers or range(model.n_layers)) if layer < last]
     values = torch.full((model.n_layers, model.n_heads, n), float("nan"))

@@ -20,7 +20,6 @@ validation part (``n_val``) used to choose heads and a test part used to report 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 
 from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError
+from headscope.tasks.json_files import read_json
 from headscope.tasks.mcqa_generated import generated_questions
 from headscope.tasks.registry import register_task
 from headscope.tasks.safety_requests import pad_id, pad_right
@@ -44,12 +44,7 @@ def load_questions(path: str | None) -> list[dict[str, Any]]:
         p = Path(path).expanduser()
         if not p.is_file():
             raise HeadscopeError(f"MCQA file {p} does not exist: give a .json list of {{question, options, answer}}.")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) else ""
-            raise HeadscopeError(f"MCQA file {p} is not JSON{where}: give a .json list of "
-                                 '{"question": ..., "options": [...], "answer": 0-based index}.') from None
+        data = read_json(p, "MCQA file", 'a .json list of {"question": ..., "options": [...], "answer": 0-based index}')
     rows = data.get("questions", []) if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise HeadscopeError("the MCQA file must hold a JSON list of questions (or {\"questions\": [...]}).")

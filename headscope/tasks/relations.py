@@ -16,13 +16,13 @@ number of skipped pairs is reported.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError, suggest
+from headscope.tasks.json_files import read_json
 from headscope.tasks.registry import register_task
 
 
@@ -43,12 +43,7 @@ def read_pairs(path: str | Path) -> list[list[str]]:
         if not rows or not {"source", "target"} <= set(rows[0]):
             raise HeadscopeError(f"relation file {p} needs columns source,target.")
         return [[r["source"], r["target"]] for r in rows]
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise HeadscopeError(f"relation file {p} is not JSON{where}: give a .json list of [source, target] pairs "
-                             "or a .csv with columns source,target.") from None
+    data = read_json(p, "relation file", "a .json list of [source, target] pairs or a .csv with columns source,target")
     pairs = data.get("pairs") if isinstance(data, dict) else data
     if not isinstance(pairs, list) or not all(isinstance(x, list | tuple) and len(x) == 2 for x in pairs):
         raise HeadscopeError(f"relation file {p} must hold a list of [source, target] pairs.")

@@ -24,7 +24,6 @@ row's last token cannot change that row's real positions, so no attention mask i
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import torch
 
 from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError
+from headscope.tasks.json_files import read_json, read_jsonl
 from headscope.tasks.registry import register_task
 
 HUB_SETS: dict[str, tuple[str, str | None, str, str]] = {
@@ -67,10 +67,12 @@ def read_requests(path: str | Path, column: str | None = None) -> list[str]:
     if suffix == ".txt":
         rows: list[Any] = [line.strip() for line in p.read_text().splitlines() if line.strip()]
     elif suffix == ".json":
-        data = json.loads(p.read_text())
+        data = read_json(p, "request file", 'a list of strings, of {"prompt": ...} objects, or {"requests": [...]}')
         rows = data.get("requests", []) if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            raise HeadscopeError(f"request file {p} must hold a JSON list of requests (or {{\"requests\": [...]}}).")
     elif suffix == ".jsonl":
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(p, "request file")
     elif suffix == ".csv":
         with p.open(newline="") as fh:
             rows = list(csv.DictReader(fh))

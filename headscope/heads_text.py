@@ -23,8 +23,10 @@ def parse_head_list(text: str, flag: str = "--heads") -> list[Head]:
             continue
         m = _HEAD.match(item)
         if m is None:
-            raise HeadscopeError(f"cannot parse head '{item.strip()}' in {flag}: write heads as LAYER.HEAD, e.g. {flag} 9.6,10.0.")
+            raise HeadscopeError(f"cannot parse head '{item.strip()}' in {flag.rstrip('=')}: write heads as LAYER.HEAD, "
+                                 f"e.g. {flag}{'' if flag.endswith('=') else ' '}9.6,10.0.")
         heads.append((int(m.group(1)), int(m.group(2))))
     if not heads:
-        raise HeadscopeError(f"no heads in {flag} '{text}': write heads as LAYER.HEAD, e.g. {flag} 9.6,10.0.")
+        raise HeadscopeError(f"no heads in {flag.rstrip('=')} '{text}': write heads as LAYER.HEAD, "
+                             f"e.g. {flag}{'' if flag.endswith('=') else ' '}9.6,10.0.")
     return heads

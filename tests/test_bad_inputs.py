@@ -396,6 +396,8 @@ CASES: list[Case] = [
          message="unknown relation 'foo'"),
     Case("relation_file_not_json", ["score", "-m", TOY, "-t", "relation", "-a", "maps", "-o", "path=pairs.json"],
          message="is not JSON", setup=lambda b: write(b / "pairs.json", "Paris -> France\n")),
+    Case("score_heads_option_syntax", ["score", "-m", "nope-model-never-loaded", "-t", "safety", "-a", "ships", "-o", "heads=x.y"],
+         message="cannot parse head 'x.y' in -o heads"),  # checked before the (missing) model would load
     Case("safety_request_file_missing", ["score", "-m", "toy-refusal", "-t", "safety", "-o", "source=nope.json"],
          message="does not exist"),
     Case("safety_request_file_not_json", ["score", "-m", "toy-refusal", "-t", "safety", "-o", "source=req.json"],

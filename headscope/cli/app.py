@@ -73,6 +73,10 @@ def score(
     an = get_analyzer(analyzer_name)
     task_kw, analyzer_kw = route_options(parse_options(option), info.parameters(), an.options())
     task_kw, analyzer_kw = typed(info, task_kw), typed(an, analyzer_kw)
+    if isinstance(analyzer_kw.get("heads"), str) and analyzer_kw["heads"].strip():
+        from headscope.heads_text import parse_head_list
+
+        parse_head_list(analyzer_kw["heads"], "-o heads=")  # syntax now; ranges once the model is loaded
     if seed is not None:
         if "seed" in info.parameters():
             task_kw["seed"] = seed

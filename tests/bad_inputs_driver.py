@@ -16,6 +16,7 @@ import io
 import json
 import os
 import sys
+import time
 import traceback
 
 
@@ -55,8 +56,10 @@ def main() -> None:
     for case in cases:
         os.chdir(case["cwd"])
         old = os.umask(int(case["umask"], 8)) if case.get("umask") else None
+        t0 = time.perf_counter()
         try:
             results[case["id"]] = run_api(case["code"]) if case.get("code") else run_cli(case["argv"])
+            results[case["id"]]["seconds"] = time.perf_counter() - t0
         finally:
             if old is not None:
                 os.umask(old)

@@ -489,7 +489,7 @@ def _shared_lens(shared: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def outcomes(tmp_path_factory, started):
     """Set every case up in its own sandbox, run them all in one driver process, and return
     ``(results, before, after, sandbox root, seconds)``."""
     root = tmp_path_factory.mktemp("bad_inputs")
@@ -588,29 +588,14 @@ def test_user_file_cache_follows_content(tmp_path, monkeypatch):
 
 
 def test_suite_is_fast(outcomes):
-    *_, seconds = outcomes
-    print(f"{len(CASES)} CLI/API cases in one driver process: {seconds:.1f} s")
+    results, *_, seconds = outcomes
+    slowest = sorted(results.items(), key=lambda kv: -kv[1]["seconds"])[:8]
+    print(f"{len(CASES)} CLI/API cases in one driver process: {seconds:.1f} s; slowest: "
+          + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in slowest))
     assert seconds < 240
 
 
 # ----------------------------------------------------------------------------- real processes
-def _cli(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "headscope", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-def test_exit_codes_in_a_real_process(tmp_path):
-    """The console entry point's exit codes reach the shell: 2 and one line for a user error,
-    0 on success, and a failed command stops an ``&&`` chain."""
-    env = _env(tmp_path)
-    bad = _cli("score", "-m", TOY, "-o", "n_prompts=abc", cwd=tmp_path, env=env)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error: ")
-    chain = subprocess.run(["bash", "-c", f"{sys.executable} -m headscope show nope.parquet && touch ran"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert chain.returncode == 2 and not (tmp_path / "ran").exists()
-    assert not list(tmp_path.rglob("*.parquet")) and not (tmp_path / "results").exists()
-
-
 def _interrupt(args: list[str], cwd: Path, env: dict, after: str, sig: int) -> tuple[int, str, str]:
     """Start the CLI, wait until stdout shows ``after``, send ``sig``; return (code, stdout, stderr)."""
     proc = subprocess.Popen([sys.executable, "-u", "-m", "headscope", *args], cwd=cwd, env=env,
@@ -629,38 +614,107 @@ def _interrupt(args: list[str], cwd: Path, env: dict, after: str, sig: int) -> t
     return proc.returncode, seen + out, err
 
 
-SLOW_SCORE = ["score", "-m", "toy-induction", "-o", "n_prompts=600", "-o", "seq_len=16", "--out", "r.parquet"]
+SLOW_SCORE = ["score", "-m", TOY, "-o", "n_prompts=400", "-o", "seq_len=16", "--out", "r.parquet"]
+SLOW_RECIPE = (f"name: slow\nmodel: {TOY}\ntask: induction\nsteps:\n"
+               "  - {id: quick, analyzer: pattern_scores, task_params: {n_prompts: 2, seq_len: 8}}\n"
+               "  - {id: slow, analyzer: pattern_scores, task_params: {n_prompts: 400, seq_len: 16}}\n")
 
 
-def test_ctrl_c_during_score_exits_130_and_writes_nothing(tmp_path):
-    code, out, err = _interrupt(SLOW_SCORE, tmp_path, _env(tmp_path), "model Model(", signal.SIGINT)
-    assert code == 130, (code, err)
-    assert err.strip() == "interrupted"
-    assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.partial"))
+def _user_error(box: Path) -> dict:
+    done = subprocess.run([sys.executable, "-m", "headscope", "score", "-m", TOY, "-o", "n_prompts=abc"], cwd=box,
+                          env=_env(box), capture_output=True, text=True, timeout=300)
+    return {"code": done.returncode, "err": done.stderr}
 
 
-def test_sigterm_during_score_exits_143_and_writes_nothing(tmp_path):
-    code, out, err = _interrupt(SLOW_SCORE, tmp_path, _env(tmp_path), "model Model(", signal.SIGTERM)
-    assert code == 143, (code, err)
-    assert err.strip() == "terminated"
-    assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.partial"))
+def _and_chain(box: Path) -> dict:
+    done = subprocess.run(["bash", "-c", f"{sys.executable} -m headscope show nope.parquet && touch ran"], cwd=box,
+                          env=_env(box), capture_output=True, text=True, timeout=300)
+    return {"code": done.returncode, "err": done.stderr}
 
 
-def test_ctrl_c_during_recipe_keeps_finished_steps(tmp_path):
-    """Ctrl-C in step 2 exits 130; step 1's result stays and a rerun skips it."""
-    write(tmp_path / "r.yaml", "name: slow\nmodel: toy-induction\ntask: induction\nsteps:\n"
-                               "  - {id: quick, analyzer: pattern_scores, task_params: {n_prompts: 2, seq_len: 8}}\n"
-                               "  - {id: slow, analyzer: pattern_scores, task_params: {n_prompts: 600, seq_len: 16}}\n")
-    env = _env(tmp_path)
+def _signal_score(sig: int) -> Callable[[Path], dict]:
+    def run(box: Path) -> dict:
+        code, out, err = _interrupt(SLOW_SCORE, box, _env(box), "model Model(", sig)
+        return {"code": code, "err": err}
+
+    return run
+
+
+def _recipe_twice(box: Path) -> dict:
+    write(box / "r.yaml", SLOW_RECIPE)
     args = ["run", "r.yaml", "--out-dir", "out", "--no-report"]
-    code, out, err = _interrupt(args, tmp_path, env, "[2/2] slow:", signal.SIGINT)
+    first = _interrupt(args, box, _env(box), "[2/2] slow:", signal.SIGINT)  # step 1 done, step 2 running
+    files = sorted(p.name for p in (box / "out").iterdir())
+    kept = (box / "out" / "quick.parquet").read_bytes() if files == ["quick.parquet"] else b""
+    second = _interrupt(args, box, _env(box), f"loaded {TOY}", signal.SIGINT)  # resumed: now in step 2
+    return {"first": first, "files_after_first": files, "second": second,
+            "files_after_second": sorted(p.name for p in (box / "out").iterdir()),
+            "quick_unchanged": kept != b"" and (box / "out" / "quick.parquet").read_bytes() == kept}
+
+
+SCENARIOS = {"user_error": _user_error, "and_chain": _and_chain, "sigint_score": _signal_score(signal.SIGINT),
+             "sigterm_score": _signal_score(signal.SIGTERM), "recipe_twice": _recipe_twice}
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """Start every real-process scenario in the background (each starts Python and torch, so they
+    run concurrently, and alongside the driver process of ``outcomes``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("real")
+    boxes = {name: root / name for name in SCENARIOS}
+    for box in boxes.values():
+        box.mkdir()
+    pool = ThreadPoolExecutor(len(SCENARIOS))
+    futures = {name: pool.submit(fn, boxes[name]) for name, fn in SCENARIOS.items()}
+    yield futures, boxes
+    pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def real_runs(started):
+    """name -> (result, sandbox) of every real-process scenario."""
+    futures, boxes = started
+    return {name: (f.result(timeout=900), boxes[name]) for name, f in futures.items()}
+
+
+def _nothing_written(box: Path) -> bool:
+    return not list(box.rglob("*.parquet")) and not list(box.rglob("*.partial")) and not (box / "results").exists()
+
+
+def test_user_error_exits_2_in_a_real_process(real_runs):
+    got, box = real_runs["user_error"]
+    assert got["code"] == 2 and got["err"].count("\n") == 1 and got["err"].startswith("error: "), got
+    assert _nothing_written(box)
+
+
+def test_failed_command_stops_an_and_chain(real_runs):
+    got, box = real_runs["and_chain"]
+    assert got["code"] == 2 and not (box / "ran").exists(), got
+
+
+def test_ctrl_c_during_score_exits_130_and_writes_nothing(real_runs):
+    got, box = real_runs["sigint_score"]
+    assert got["code"] == 130 and got["err"].strip() == "interrupted", got
+    assert _nothing_written(box)
+
+
+def test_sigterm_during_score_exits_143_and_writes_nothing(real_runs):
+    got, box = real_runs["sigterm_score"]
+    assert got["code"] == 143 and got["err"].strip() == "terminated", got
+    assert _nothing_written(box)
+
+
+def test_ctrl_c_during_recipe_keeps_finished_steps(real_runs):
+    """Ctrl-C in step 2 exits 130 and keeps step 1's result; a rerun skips step 1 (resumes)."""
+    got, _ = real_runs["recipe_twice"]
+    code, out, err = got["first"]
     assert code == 130 and err.strip() == "interrupted", (code, err)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["quick.parquet"]
-    first = (tmp_path / "out" / "quick.parquet").read_bytes()
-    code, out, err = _interrupt(args, tmp_path, env, "loaded toy-induction", signal.SIGINT)  # now in step 2
-    assert "[1/2] quick: up to date" in out and code == 130, (code, err)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["quick.parquet"]
-    assert (tmp_path / "out" / "quick.parquet").read_bytes() == first
+    assert got["files_after_first"] == ["quick.parquet"]
+    code, out, err = got["second"]
+    assert "[1/2] quick: up to date" in out and code == 130 and err.strip() == "interrupted", (code, err)
+    assert got["files_after_second"] == ["quick.parquet"] and got["quick_unchanged"]
 
 
 def test_option_values_follow_their_annotations():

@@ -1,4 +1,5 @@
-"""Make the README screenshots with the browser-test harness, from real SmolLM2-135M runs.
+"""Make the README screenshots with the browser-test harness (tests/browser_harness.py: Playwright
+driving the system Chromium), from real SmolLM2-135M runs.
 
     HF_HUB_OFFLINE=1 .venv/bin/python docs/screenshots.py [IOI_RECIPE_OUTPUT_DIR]
 
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import headscope as hs
 from headscope import plots
-from headscope.report.browser import ensure_chromium, png_stats, render
 
 IMG = Path(__file__).resolve().parent / "img"
+sys.path.insert(0, str(IMG.parent.parent / "tests"))  # the harness is test tooling, not the library
+
+from browser_harness import ensure_chromium, png_stats, render  # noqa: E402
 
 
 def shoot(fig, name: str, browser: str, size: tuple[int, int]) -> None:

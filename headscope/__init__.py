@@ -57,16 +57,36 @@ def score(
         task_params: parameters for the task factory when ``task`` is a name.
         **options: analyzer options.
     """
-    from headscope.tasks.registry import get_task_info
+    from headscope.errors import suggest
+    from headscope.tasks.registry import _ensure_loaded, get_task_info
 
+    # everything that can be checked without the model first
+    if isinstance(task, str) or analyzer is None:
+        info = get_task_info(task if isinstance(task, str) else task.name)
+    else:
+        _ensure_loaded()
+        info = TASKS.get(getattr(task, "name", None))
+    analyzer = analyzer or info.default_analyzer
+    allowed = get_analyzer(analyzer).options()
+    params = info.parameters() if info is not None else []
+    for key, value in options.items():
+        if key in allowed:
+            continue
+        if key in params:
+            raise HeadscopeError(
+                f"{key} is a parameter of task '{info.name}', not an option of analyzer '{analyzer}': "
+                f"pass it as task_params={{{key!r}: {value!r}}}."
+            )
+        raise HeadscopeError(
+            f"analyzer '{analyzer}' has no option {key!r}.{suggest(key, allowed)} Options: {', '.join(allowed) or 'none'}"
+            + (f"; task parameters go in task_params= ({', '.join(params)})." if params else ".")
+        )
+    if isinstance(task, str):
+        task = make_task(task, **(task_params or {}))
+    elif task_params:
+        raise HeadscopeError("task_params= applies to a task given by name; this task object is already built.")
     if isinstance(model, str):
         model = load_model(model)
-    if isinstance(task, str):
-        info = get_task_info(task)
-        analyzer = analyzer or info.default_analyzer
-        task = make_task(task, **(task_params or {}))
-    elif analyzer is None:
-        analyzer = get_task_info(task.name).default_analyzer
     return run_analyzer(analyzer, model, task, **options)
 
 

@@ -1,5 +1,11 @@
 """``python -m headscope`` runs the CLI."""
 
-from headscope.cli.app import main
+import sys
+
+try:
+    from headscope.cli.app import main
+except KeyboardInterrupt:  # Ctrl-C while the CLI is still being imported
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
 
 main()

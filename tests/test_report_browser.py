@@ -1,6 +1,8 @@
-"""The HTML report in headless Chromium: every plotly figure renders, no console errors, and the
-screenshot is not blank. Chromium (Debian's ``chromium``) is installed by the test set-up when
-missing; the tests skip, printing why, only where it cannot be installed."""
+"""The HTML report in headless Chromium, driven through Playwright: every plotly figure renders,
+no page errors, the screenshot is not blank, and hovering a heatmap cell shows that head's exact
+score. Chromium is the system's (Debian's ``chromium``, installed by the test set-up when
+missing, see ``tests/browser_harness.py``); the tests skip, printing why, only where no Chromium
+can be found or installed."""
 
 from __future__ import annotations
 
@@ -8,13 +10,25 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import math  # noqa: E402
+import re  # noqa: E402
 import struct  # noqa: E402
 import zlib  # noqa: E402
 
 import pytest  # noqa: E402
+from browser_harness import (  # noqa: E402
+    count_plots,
+    ensure_chromium,
+    hover_text,
+    is_blank,
+    open_page,
+    png_stats,
+    read_png,
+    render,
+)
 
+import headscope as hs  # noqa: E402
 from headscope.report import build_report  # noqa: E402
-from headscope.report.browser import ensure_chromium, is_blank, png_stats, read_png, render  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,20 +95,47 @@ def test_report_renders_in_chromium(chromium, report_page, tmp_path):
     assert "provenance" in text and "18." in text  # SmolLM2's induction heads are in layers 17-23
     shot = tmp_path / "report.png"
     result = render(page, chromium, screenshot=shot, size=(1280, 1800))
-    assert result.errors == [] and result.log_errors == []
+    assert result.errors == []
     assert result.plot_divs == n_figs and result.plots == n_figs  # every figure drew its SVG
     stats = png_stats(shot)
     assert not is_blank(shot), stats
     assert stats["colours"] > 50, stats
 
 
+def _significant(value: float, digits: int = 6) -> float:
+    """Half a unit in the last of ``digits`` significant digits of ``value``."""
+    return 0.5 * 10 ** (math.floor(math.log10(abs(value))) - digits + 1) if value else 1e-12
+
+
+def test_hovering_a_heatmap_cell_shows_its_exact_score(chromium, report_page):
+    """Move the mouse over SmolLM2's top induction head in the report's first figure: the
+    tooltip names that head and shows its score from the Parquet file to 6 significant digits."""
+    page, _ = report_page
+    scores = hs.read_parquet(page.parent / "smollm2.parquet")
+    rows = scores[scores["metric"] == "induction"]
+    best = rows.loc[rows["score"].idxmax()]
+    worst = rows.loc[rows["score"].idxmin()]
+    with open_page(page, chromium, size=(1280, 1000)) as (tab, errors):
+        assert count_plots(tab)[0] == count_plots(tab)[1]
+        templates = tab.evaluate("() => document.querySelectorAll('.plotly-graph-div')[0]._fullData"
+                                 ".map(t => t.hovertemplate || '')")
+        trace = next(i for i, t in enumerate(templates) if t.startswith("induction ="))
+        for row in (best, worst):
+            tip = hover_text(tab, 0, trace, int(row["layer"]), int(row["head"]))
+            assert f"head {int(row['layer'])}.{int(row['head'])}" in tip, tip
+            shown = float(re.search(r"induction = ([-+0-9.e]+)", tip).group(1))
+            assert abs(shown - float(row["score"])) <= _significant(float(row["score"])), (tip, row["score"])
+        assert errors.all == []
+
+
 def test_harness_catches_errors_and_blank_pages(chromium, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text("<html><head></head><body><div class='plotly-graph-div'></div>"
-                   "<script>undefinedFunction();</script></body></html>")
-    result = render(bad, chromium)
-    assert any("undefinedFunction" in e for e in result.errors)
-    assert result.plots == 0 and result.plot_divs == 1  # a div that never rendered is counted
+                   "<script>console.error('drawn badly'); undefinedFunction();</script></body></html>")
+    with open_page(bad, chromium, settle_ms=1000) as (tab, errors):
+        assert any("undefinedFunction" in e for e in errors.page_errors), errors
+        assert any("drawn badly" in e for e in errors.console_errors), errors
+        assert count_plots(tab) == (0, 1)  # a div that never rendered is counted
     blank = tmp_path / "blank.html"
     blank.write_text("<html><head></head><body style='background:#fff'></body></html>")
     shot = tmp_path / "blank.png"

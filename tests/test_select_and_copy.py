@@ -12,6 +12,7 @@ import torch
 import headscope
 from headscope.analyzers import run_analyzer
 from headscope.analyzers.select_and_copy import option_scores
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError
 from headscope.tasks import make_task
 
@@ -21,7 +22,7 @@ def test_builtin_questions_are_balanced_and_split():
     qs = task.questions()
     counts = np.bincount([q["answer"] for q in qs], minlength=4)
     assert counts.max() - counts.min() <= 1
-    raw = {q["question"]: q for q in json.loads(open(os.path.join(headscope.__path__[0], "data", "mcqa.json")).read())["questions"]}
+    raw = {q["question"]: q for q in load_json("mcqa.json")["questions"]}
     for q in qs:  # rotation keeps the correct option text
         orig = raw[q["question"]]
         assert q["options"][q["answer"]] == orig["options"][orig["answer"]]
@@ -73,7 +74,7 @@ def test_markers_hold_option_letters(smol, chat):
 
 @pytest.mark.smollm2
 def test_qk_scores_match_hand_computation_and_analyzer(smol, tmp_path):
-    qs = json.loads(open(os.path.join(headscope.__path__[0], "data", "mcqa.json")).read())["questions"][:8]
+    qs = load_json("mcqa.json")["questions"][:8]
     path = tmp_path / "q.json"
     path.write_text(json.dumps(qs))
     task = make_task("mcqa", path=str(path), n_val=4)

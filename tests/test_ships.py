@@ -86,9 +86,9 @@ def test_right_padding_does_not_change_last_token(toy, task):
 def test_builtin_request_sets():
     harmful, harmless = builtin_requests("harmful"), builtin_requests("harmless")
     assert len(harmful) >= 60 and len(harmless) >= 60
-    from importlib import resources
+    from headscope.datafiles import load_json
 
-    data = json.loads(resources.files("headscope").joinpath("data/harmful_requests.json").read_text())
+    data = load_json("harmful_requests.json")
     assert len({r["category"] for r in data["requests"]}) >= 5
     assert len(make_task("safety", n_prompts=8).requests("harmful")) == 8
 

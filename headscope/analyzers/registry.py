@@ -57,6 +57,13 @@ class AnalyzerInfo:
         names = [p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
         return [*names, "preset"] if self.presets and "preset" not in names else names
 
+    def coerce(self, options: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+        """``options`` converted to the analyzer's annotations (:mod:`headscope.params`); a value
+        that does not fit is a one-line error. ``preset`` is text."""
+        from headscope.params import coerce_all
+
+        return coerce_all(self.fn, options, f"{where}analyzer '{self.name}' option", extra={"preset": str})
+
     def expand_preset(self, options: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
         """``options`` with ``preset=NAME`` replaced by the preset's options (explicit ones win).
 
@@ -123,7 +130,8 @@ def get_analyzer(name: str) -> AnalyzerInfo:
 
 
 def run_analyzer(name: str, model: Any, task: Any, **options: Any) -> Any:
-    """Run a registered analyzer, checking its options and task first."""
+    """Run a registered analyzer, checking its options (names, then types against the analyzer's
+    annotations: see :mod:`headscope.params`) and task first."""
     info = get_analyzer(name)
     allowed = info.options()
     bad = [k for k in options if k not in allowed]
@@ -137,7 +145,7 @@ def run_analyzer(name: str, model: Any, task: Any, **options: Any) -> Any:
         raise HeadscopeError(
             f"analyzer '{name}' does not run on task '{task_name}': it runs on {', '.join(info.tasks)}."
         )
-    call, preset, applied = info.expand_preset(options)
+    call, preset, applied = info.expand_preset(info.coerce(options))
     result = info.fn(model, task, **call)
     if preset is not None and hasattr(result, "provenance"):
         prov = dict(result.provenance)

@@ -86,7 +86,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ablate HEADS on TASK and print the metric before and after."""
         from headscope.cli.display import console
-        from headscope.cli.options import parse_options
+        from headscope.cli.options import check_device, parse_options, typed
+        from headscope.heads_text import parse_head_list
         from headscope.interventions import ABLATION_KINDS
         from headscope.models import load_model
         from headscope.tasks import make_task
@@ -96,11 +97,14 @@ def register(app: typer.Typer) -> None:
             from headscope.errors import suggest
 
             raise HeadscopeError(f"unknown ablation kind '{kind}'.{suggest(kind, ABLATION_KINDS)} Kinds: {', '.join(ABLATION_KINDS)}.")
+        parse_head_list(heads)  # syntax, before the model loads
+        check_device(device)
         info = get_task_info(task)
         params = parse_options(option)
         bad = [k for k in params if k not in info.parameters()]
         if bad:
             raise HeadscopeError(f"task '{task}' has no parameter '{bad[0]}': parameters are {', '.join(info.parameters())}.")
+        params = typed(info, params)
         if seed is not None and "seed" in info.parameters():
             params["seed"] = seed
         task_obj = make_task(task, **params)

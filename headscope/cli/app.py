@@ -14,8 +14,8 @@ from pathlib import Path
 
 import typer
 
-from headscope.cli.display import console, provenance_table, top_table
-from headscope.cli.options import parse_options, route_options
+from headscope.cli.display import console, provenance_table, runs_table, top_table
+from headscope.cli.options import check_device, parse_options, route_options, typed
 from headscope.errors import HeadscopeError
 
 app = typer.Typer(
@@ -31,23 +31,17 @@ def _slug(text: str) -> str:
 
 
 def _check_output(path: Path, suffix: str, flag: str) -> Path:
+    """Check an output path before any work: its suffix, that it is not a directory, and that
+    its directory (or the nearest existing ancestor, for one that will be created) is writable.
+    Creates nothing: directories are made when the file is written."""
+    from headscope.results.atomic import check_writable_dir
+
     path = path.expanduser()
     if path.suffix != suffix:
         raise HeadscopeError(f"{flag} {path} should end in {suffix}: e.g. {flag} results{suffix}.")
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HeadscopeError(f"cannot create {parent} for {flag}: {exc.strerror}. Choose a writable path.") from None
-    import tempfile
-
-    try:  # probe for real: os.access says yes to root even where writes fail
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".headscope-probe-"):
-            pass
-    except OSError as exc:
-        raise HeadscopeError(f"cannot write {path} ({flag}): {exc.strerror}. Choose a writable path.") from None
     if path.is_dir():
         raise HeadscopeError(f"{flag} {path} is a directory: give a file name ending in {suffix}.")
+    check_writable_dir(path.parent, f"{path} ({flag})")
     return path
 
 
@@ -63,7 +57,7 @@ def score(
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
     device_map: str | None = typer.Option(None, "--device-map", help="accelerate placement, e.g. auto: shard over GPUs"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="task or analyzer option KEY=VALUE (repeatable)"),
-    top: int = typer.Option(10, "--top", help="heads to print per metric"),
+    top: int = typer.Option(10, "--top", min=1, help="heads to print per metric"),
     export_kv_policy: Path | None = typer.Option(None, "--export-kv-policy", help="write the heads to keep with a full KV cache (.json)"),
     kv_fraction: list[str] | None = typer.Option(None, "--kv-fraction", help="METRIC=FRACTION of heads to keep for --export-kv-policy (repeatable)"),
 ) -> None:
@@ -73,10 +67,16 @@ def score(
     from headscope.tasks import make_task
     from headscope.tasks.registry import get_task_info
 
+    check_device(device)
     info = get_task_info(task)
     analyzer_name = analyzer or info.default_analyzer
     an = get_analyzer(analyzer_name)
     task_kw, analyzer_kw = route_options(parse_options(option), info.parameters(), an.options())
+    task_kw, analyzer_kw = typed(info, task_kw), typed(an, analyzer_kw)
+    if isinstance(analyzer_kw.get("heads"), str) and analyzer_kw["heads"].strip():
+        from headscope.heads_text import parse_head_list
+
+        parse_head_list(analyzer_kw["heads"], "-o heads=")  # syntax now; ranges once the model is loaded
     if seed is not None:
         if "seed" in info.parameters():
             task_kw["seed"] = seed
@@ -117,18 +117,49 @@ def score(
 
 @app.command()
 def show(
-    path: Path = typer.Argument(..., help="a results .parquet file"),
-    top: int = typer.Option(10, "--top", help="heads per metric"),
+    paths: list[Path] = typer.Argument(..., help="results .parquet files, directories or globs"),
+    top: int = typer.Option(10, "--top", min=1, help="heads per metric"),
     metric: str | None = typer.Option(None, "--metric", help="only this metric"),
+    per_run: bool = typer.Option(False, "--per-run", help="several runs: show each on its own"),
+    mixed: bool = typer.Option(False, "--mixed", help="several runs: rank them together even if model, task or analyzer differ"),
 ) -> None:
-    """Print the top heads of a results file, with its provenance."""
-    from headscope.results import read_parquet
+    """Print the top heads of results, with their provenance.
 
-    scores = read_parquet(path)
+    Several files (or a directory) are read one by one and their rows labelled by run. They are
+    ranked together only when they share model, task and analyzer (or with --mixed).
+    """
+    from headscope.report.runs import expand, incompatibility, run_labels
+    from headscope.results import HeadScores, read_parquet
+
+    files = expand(paths)
+    if not files:
+        raise HeadscopeError(f"no results files in {', '.join(map(str, paths))}: give .parquet files or a directory holding them.")
+    runs = [(label, read_parquet(f)) for f, label in zip(files, run_labels(files), strict=True)]
     if metric is not None:
-        scores = scores.top(len(scores), metric=metric)
-    console.print(top_table(scores, k=top))
-    console.print(provenance_table(scores.provenance))
+        runs = [(label, s.top(len(s), metric=metric)) for label, s in runs]
+    if len(runs) == 1:
+        console.print(top_table(runs[0][1], k=top))
+        console.print(provenance_table(runs[0][1].provenance))
+        return
+    if per_run:
+        for label, scores in runs:
+            console.print(top_table(scores, k=top, title=f"top heads: {label}"))
+            console.print(provenance_table(scores.provenance, title=f"provenance: {label}"))
+        return
+    why = incompatibility(runs)
+    if why and not mixed:
+        raise HeadscopeError(
+            f"these {len(runs)} results come from different runs ({why}): ranking them together would mix "
+            "them. Show one file, pass --per-run to show each run on its own, or --mixed to rank them together."
+        )
+    parts = []
+    for label, scores in runs:
+        frame = scores.copy()
+        frame["run"] = label
+        parts.append(frame)
+    merged = HeadScores.concat(parts, provenance={})
+    console.print(top_table(merged, k=top, title=f"top heads across {len(runs)} runs"))
+    console.print(runs_table(runs))
 
 
 @app.command()
@@ -188,8 +219,39 @@ for _register in (_register_report, _register_run, _register_compare, _register_
     _register(app)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that ``finally`` blocks (temporary files) run."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _clear_nested_interrupt_flag() -> None:
+    """Let a handled Ctrl-C exit with our code, not by SIGINT.
+
+    A KeyboardInterrupt that passes through code a C extension runs with ``PyRun_*`` (some
+    imports do) sets CPython's "unhandled KeyboardInterrupt" flag even though the CLI handles
+    the interrupt; at exit CPython then kills the process with SIGINT (status -2) instead of
+    exiting 130. Running an empty statement through the same API resets the flag.
+    """
+    try:
+        import ctypes
+
+        ctypes.pythonapi.PyRun_SimpleString(b"pass")
+    except Exception:  # noqa: BLE001 - not CPython, or no ctypes: nothing to reset
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning user errors into one line and a non-zero exit."""
+    """Entry point: run the app, turning user errors into one line and a non-zero exit.
+
+    Exit codes: 0 success; 2 a user error (one ``error: ...`` line naming the fix); 130 Ctrl-C
+    (``interrupted``); 143 SIGTERM (``terminated``); 1 an unexpected internal error.
+    """
+    import signal
+    import threading
+
     import click
 
     try:  # typer >= 0.20 vendors its own click; its exceptions are not click's
@@ -203,10 +265,13 @@ def main(argv: list[str] | None = None) -> None:
     abort, exit_, usage = kinds("Abort"), kinds("Exit"), kinds("ClickException")
 
     command = typer.main.get_command(app)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        # typer turns KeyboardInterrupt into Exit(130) and, outside standalone mode, *returns*
+        # the exit code of any Exit instead of raising it
         code = command.main(args=argv, prog_name="headscope", standalone_mode=False)
-        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
-            sys.exit(code)
     except HeadscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -214,15 +279,18 @@ def main(argv: list[str] | None = None) -> None:
         print("aborted", file=sys.stderr)
         sys.exit(130)
     except exit_ as exc:
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except usage as exc:
         args = sys.argv[1:] if argv is None else list(argv)
         sub = args[0] if args and args[0] in getattr(command, "commands", {}) else ""
         print(f"error: {exc.format_message()} (see `{' '.join(['headscope', sub, '--help']).replace('  ', ' ')}`)", file=sys.stderr)
         sys.exit(exc.exit_code or 2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    except Terminated:
+        _clear_nested_interrupt_flag()
+        print("terminated", file=sys.stderr)
+        sys.exit(143)
     except Exception as exc:  # noqa: BLE001 - last line of defence against tracebacks
         if os.environ.get("HEADSCOPE_DEBUG"):
             raise
@@ -232,6 +300,14 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        if code == 130:
+            _clear_nested_interrupt_flag()
+            print("interrupted", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

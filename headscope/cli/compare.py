@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="write the comparison figure and tables (.html)"),
         metric_a: str | None = typer.Option(None, "--metric-a", help="metric of A (default: every shared metric)"),
         metric_b: str | None = typer.Option(None, "--metric-b", help="metric of B"),
-        top: int = typer.Option(10, "--top", help="k for the top-k overlap and the rows printed"),
+        top: int = typer.Option(10, "--top", min=1, help="k for the top-k overlap and the rows printed"),
         csv: Path | None = typer.Option(None, "--csv", help="also write the aligned per-head table (.csv)"),
     ) -> None:
         """Compare two results (two models, tasks or seeds): rank correlation, top-k overlap, diffs."""
@@ -30,16 +30,28 @@ def register(app: typer.Typer) -> None:
 
         if out is not None:
             out = _check_output(out, ".html", "--out")
+        if csv is not None:
+            csv = _check_output(csv, ".csv", "--csv")
         a, b = read_parquet(run_a), read_parquet(run_b)
         cmp = compare_results(a, b, metric_a=metric_a, metric_b=metric_b, k=top)
         console.print(f"A = {run_a} ({cmp.name_a})\nB = {run_b} ({cmp.name_b})")
         table = Table(title="agreement per metric")
         for col in ("metric", "heads A/B/both", "spearman", f"top-{top} overlap", "mean |B - A|"):
             table.add_column(col, justify="left" if col == "metric" else "right")
+        undefined = []
         for row in cmp.summary.to_dict("records"):
+            overlap = row[f"top{top}_overlap"]
+            if overlap != overlap:
+                undefined.append((row["metric"], row["heads_both"]))
             table.add_row(row["metric"], f"{row['heads_a']}/{row['heads_b']}/{row['heads_both']}",
-                          f"{row['spearman']:.3f}", f"{row[f'top{top}_overlap']:.2f}", f"{row['mean_abs_diff']:.4g}")
+                          f"{row['spearman']:.3f}", "n/a" if overlap != overlap else f"{overlap:.2f}",
+                          f"{row['mean_abs_diff']:.4g}")
         console.print(table)
+        if undefined:
+            fewest = min(n for _, n in undefined)
+            console.print(f"note: top-{top} overlap is n/a for {', '.join(m for m, _ in undefined)}: --top {top} is not "
+                          f"below the {fewest} heads both results share, so both top sets would be every head; "
+                          f"pass --top {max(1, fewest // 4)} (or any k < {fewest}).")
         diffs = cmp.table.dropna(subset=["diff"])
         biggest = diffs.reindex(diffs["diff"].abs().sort_values(ascending=False).index).head(top)
         t2 = Table(title=f"largest differences (B - A), top {top}")
@@ -50,7 +62,10 @@ def register(app: typer.Typer) -> None:
                        f"{r.rank_a:.0f}", f"{r.rank_b:.0f}")
         console.print(t2)
         if csv is not None:
-            cmp.table.to_csv(_check_output(csv, ".csv", "--csv"), index=False)
+            from headscope.results.atomic import atomic_write
+
+            with atomic_write(csv) as tmp:
+                cmp.table.to_csv(tmp, index=False)
             console.print(f"wrote {csv}")
         if out is not None:
             from headscope.report.compare import write_comparison_html

@@ -11,11 +11,12 @@ from rich.table import Table
 console = Console()
 
 
-def top_table(scores: Any, k: int = 10) -> Table:
-    """A table of the top ``k`` heads for each metric."""
-    table = Table(title="top heads", show_lines=False)
-    for col in ("metric", "rank", "head", "score", "± stderr"):
-        table.add_column(col, justify="right" if col != "metric" else "left")
+def top_table(scores: Any, k: int = 10, title: str = "top heads") -> Table:
+    """A table of the top ``k`` heads for each metric (with a ``run`` column when rows carry one)."""
+    table = Table(title=title, show_lines=False)
+    has_run = "run" in scores.columns
+    for col in ("metric", "rank", *(("run",) if has_run else ()), "head", "score", "± stderr"):
+        table.add_column(col, justify="left" if col in ("metric", "run") else "right")
     for metric in scores.metrics:
         top = scores.top(k, metric=metric)
         for rank, row in enumerate(top.itertuples(), start=1):
@@ -23,6 +24,7 @@ def top_table(scores: Any, k: int = 10) -> Table:
             table.add_row(
                 metric if rank == 1 else "",
                 str(rank),
+                *((str(row.run),) if has_run else ()),
                 f"{row.layer}.{row.head}",
                 f"{row.score:.4f}",
                 "" if stderr is None or stderr != stderr else f"{stderr:.4f}",
@@ -30,12 +32,25 @@ def top_table(scores: Any, k: int = 10) -> Table:
     return table
 
 
-def provenance_table(provenance: dict[str, Any]) -> Table:
+def provenance_table(provenance: dict[str, Any], title: str = "provenance") -> Table:
     """Provenance as a two-column table (nested values as compact JSON)."""
-    table = Table(title="provenance", show_header=False)
+    table = Table(title=title, show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in provenance.items():
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         table.add_row(key, text)
+    return table
+
+
+def runs_table(runs: list[tuple[str, Any]]) -> Table:
+    """One line per run: its label, model, task, analyzer, seed and time (from its provenance)."""
+    table = Table(title="runs")
+    for col in ("run", "model", "task", "analyzer", "seed", "time (UTC)"):
+        table.add_column(col, overflow="fold")
+    for label, scores in runs:
+        prov = scores.provenance
+        first = scores.iloc[0] if len(scores) else {}
+        table.add_row(label, str(first.get("model", "")), str(first.get("task", "")), str(first.get("analyzer", "")),
+                      str(prov.get("seed", "")), str(prov.get("time_utc", "")))
     return table

@@ -39,7 +39,7 @@ def decode(
     heads: str = typer.Option(..., "--heads", help="heads as LAYER.HEAD, e.g. 18.6,23.2"),
     prompt: str = typer.Option(..., "--prompt", help="the prompt text"),
     positions: str = typer.Option("-1", "--positions", help="positions to decode: -1 (last), 3,5,-1 or all"),
-    k: int = typer.Option(10, "--k", help="tokens per direction"),
+    k: int = typer.Option(10, "--k", min=1, help="tokens per direction"),
     ln: str = typer.Option("residual", "--ln", help="final-norm convention: residual or recompute"),
     lens: Path | None = typer.Option(None, "--lens", help="a trained lens (.safetensors) instead of the training-free lens"),
     out: Path | None = typer.Option(None, "--out", help="write the tidy token frame (.parquet)"),
@@ -49,16 +49,21 @@ def decode(
 
     from headscope.cli.app import _check_output
     from headscope.cli.display import console
+    from headscope.heads_text import parse_head_list
     from headscope.lens.decode import decode_heads
-    from headscope.lens.store import load_lens
+    from headscope.lens.store import load_lens, read_lens_metadata
     from headscope.models import load_model
 
     if out is not None:
         out = _check_output(out, ".parquet", "--out")
+    parse_head_list(heads)
+    wanted_positions = _positions(positions)
+    if lens is not None:
+        read_lens_metadata(lens)  # a missing or damaged lens file fails before the model loads
     loaded = load_model(model)
     chosen = loaded.parse_heads(heads)
     trained = load_lens(loaded, lens) if lens is not None else None
-    frame = decode_heads(loaded, prompt, chosen, _positions(positions), k=k, ln=ln, lens=trained)
+    frame = decode_heads(loaded, prompt, chosen, wanted_positions, k=k, ln=ln, lens=trained)
     for (layer, head, pos), grp in frame.groupby(["layer", "head", "position"], sort=False):
         table = Table(title=f"head {layer}.{head} @ position {pos} ({grp['input_token'].iloc[0]!r}) -- {grp['lens'].iloc[0]}")
         table.add_column("rank")
@@ -83,16 +88,16 @@ def train(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="alias, toy-*, .gguf, directory or hub id"),
     heads: str = typer.Option(..., "--heads", help="heads as LAYER.HEAD, e.g. 18.6,23.2"),
     out: Path = typer.Option(..., "--out", help="where to save the lens (.safetensors)"),
-    steps: int = typer.Option(DEFAULT_STEPS, "--steps"),
+    steps: int = typer.Option(DEFAULT_STEPS, "--steps", min=0),
     lr: float = typer.Option(DEFAULT_LR, "--lr"),
-    batch_tokens: int = typer.Option(DEFAULT_BATCH_TOKENS, "--batch-tokens", help="positions per step"),
+    batch_tokens: int = typer.Option(DEFAULT_BATCH_TOKENS, "--batch-tokens", min=1, help="positions per step"),
     param: str = typer.Option("factored", "--param", help="factored (A W_U + b) or full (d_model x d_vocab)"),
     source: str = typer.Option("pydoc", "--corpus", help="pydoc (offline), a .txt file or a hub dataset id"),
-    seq_len: int = typer.Option(64, "--seq-len"),
-    n_train: int = typer.Option(256, "--n-train", help="training windows"),
-    n_eval: int = typer.Option(16, "--n-eval", help="held-out windows"),
+    seq_len: int = typer.Option(64, "--seq-len", min=2),
+    n_train: int = typer.Option(256, "--n-train", min=1, help="training windows"),
+    n_eval: int = typer.Option(16, "--n-eval", min=1, help="held-out windows"),
     checkpoint_dir: Path | None = typer.Option(None, "--checkpoint-dir"),
-    checkpoint_every: int = typer.Option(50, "--checkpoint-every"),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint"),
     seed: int = typer.Option(0, "--seed"),
     scores: Path | None = typer.Option(None, "--scores", help="also write held-out KLs as HeadScores (.parquet)"),
@@ -103,14 +108,24 @@ def train(
     from headscope.analyzers.trained_lens import trained_lens
     from headscope.cli.app import _check_output
     from headscope.cli.display import console
+    from headscope.heads_text import parse_head_list
+    from headscope.lens.train import check_checkpoint_dir, check_resume, check_settings
     from headscope.models import load_model
     from headscope.tasks import make_task
 
     out = _check_output(out, ".safetensors", "--out")
     if scores is not None:
         scores = _check_output(scores, ".parquet", "--scores")
-    loaded = load_model(model)
+    # everything that can be checked without the model, before loading it
+    wanted = parse_head_list(heads)
+    check_settings(steps, lr, batch_tokens, checkpoint_every)
+    ckdir = check_checkpoint_dir(checkpoint_dir, resume)
     task = make_task("corpus", source=source, seq_len=seq_len, n_train=n_train, n_eval=n_eval)
+    if resume and ckdir is not None:
+        check_resume(ckdir, {"heads": ",".join(f"{a}.{b}" for a, b in wanted), "param": param, "lr": lr,
+                             "batch_tokens": batch_tokens, "seed": seed, "corpus": task.describe()}, steps)
+    loaded = load_model(model)
+    loaded.parse_heads(heads)  # ranges, before collecting data
     result = trained_lens(loaded, task, heads=heads, steps=steps, lr=lr, batch_tokens=batch_tokens, param=param, seed=seed,
                           checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, checkpoint_every=checkpoint_every,
                           resume=resume, save=str(out), progress=True)
@@ -134,7 +149,7 @@ def operations(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="alias, toy-*, .gguf, directory or hub id"),
     heads: str = typer.Option(..., "--heads", help="heads as LAYER.HEAD, e.g. 23.2,18.6"),
     relation: str = typer.Option("all", "--relation", help="source tokens: a built-in relation's sources, or all of them"),
-    n: int = typer.Option(10, "--n", help="mappings per head"),
+    n: int = typer.Option(10, "--n", min=1, help="mappings per head"),
     out: Path | None = typer.Option(None, "--out", help="write the tidy frame (.parquet)"),
 ) -> None:
     """MAPS salient operations: each head's strongest source -> target token mappings (weights only)."""
@@ -143,11 +158,13 @@ def operations(
     from headscope.analyzers.maps import salient_mappings
     from headscope.cli.app import _check_output
     from headscope.cli.display import console
+    from headscope.heads_text import parse_head_list
     from headscope.models import load_model
     from headscope.tasks.relations import RelationTask, builtin_relations
 
     if out is not None:
         out = _check_output(out, ".parquet", "--out")
+    parse_head_list(heads)
     loaded = load_model(model)
     names = list(builtin_relations()) if relation == "all" else [relation]
     src: list[int] = []

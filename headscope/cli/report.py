@@ -12,16 +12,25 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        results: list[Path] = typer.Argument(..., help="one or more results .parquet files"),
+        results: list[Path] = typer.Argument(..., help="results .parquet files, directories or globs"),
         out: Path = typer.Option(Path("report.html"), "--out", help="the HTML page to write"),
         title: str | None = typer.Option(None, "--title", help="page title"),
-        top: int = typer.Option(10, "--top", help="heads listed per metric"),
+        top: int = typer.Option(10, "--top", min=1, help="heads listed per metric"),
     ) -> None:
-        """Build one self-contained HTML report (provenance, top heads, figures) from RESULTS."""
+        """Build one self-contained HTML report (provenance, top heads, figures) from RESULTS.
+
+        A directory contributes every ``*.parquet`` below it, each file as its own section with its
+        own ranking and provenance (runs are never merged).
+        """
         from headscope.cli.app import _check_output
         from headscope.cli.display import console
+        from headscope.errors import HeadscopeError
         from headscope.report import build_report
+        from headscope.report.runs import expand
 
+        files = expand(results)
+        if not files:
+            raise HeadscopeError(f"no results files in {', '.join(map(str, results))}: give .parquet files or a directory holding them.")
         out = _check_output(out, ".html", "--out")
-        path = build_report(results, out, title=title, top_k=top)
-        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {len(results)} result(s))")
+        path = build_report(files, out, title=title, top_k=top)
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {len(files)} result(s))")

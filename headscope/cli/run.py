@@ -24,9 +24,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run RECIPE: every step writes Parquet (skipped when up to date), then a report."""
         from headscope.cli.display import console
+        from headscope.cli.options import check_device
         from headscope.recipes_runner import load_recipe, run_recipe
 
         spec = load_recipe(recipe)
+        check_device(device or spec.device, "--device" if device else f"the recipe's device ({recipe})")
         console.print(f"[bold]{spec.title}[/]" + (f" ({spec.paper})" if spec.paper else ""))
         result = run_recipe(spec, model=model, device=device, dtype=dtype, device_map=device_map, quick=quick,
                             out_dir=out_dir, force=force, report=not no_report, log=console.print)

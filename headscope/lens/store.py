@@ -113,13 +113,13 @@ class HeadLens(torch.nn.Module):
         """Write a .safetensors file atomically (tensors, optional extra tensors, metadata)."""
         from safetensors.torch import save_file
 
+        from headscope.results.atomic import atomic_write
+
         p = Path(path).expanduser()
         if p.suffix != ".safetensors":
             raise HeadscopeError(f"lens file {p} should end in .safetensors.")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        save_file({**self.state_tensors(), **(extra_tensors or {})}, str(tmp), metadata=self.file_metadata(extra_meta))
-        tmp.replace(p)
+        with atomic_write(p) as tmp:
+            save_file({**self.state_tensors(), **(extra_tensors or {})}, str(tmp), metadata=self.file_metadata(extra_meta))
         return p
 
 
@@ -127,15 +127,41 @@ def read_lens_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     """(tensors, metadata) of a lens/checkpoint file."""
     from safetensors import safe_open
 
+    meta = read_lens_metadata(path)
+    p = Path(path).expanduser()
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise HeadscopeError(f"{p} is not a readable lens file ({_first_line(exc)}): it may be truncated; "
+                             "retrain it or point to another file.") from None
+    return tensors, meta
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:120]}" if text else type(exc).__name__
+
+
+def read_lens_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a lens/checkpoint file (reads the header only), checked to be a headscope lens."""
+    from safetensors import safe_open
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise HeadscopeError(f"lens file {p} does not exist: train one with `headscope lens train`.")
-    with safe_open(str(p), framework="pt") as fh:
-        meta = dict(fh.metadata() or {})
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise HeadscopeError(f"{p} is not a readable lens file ({_first_line(exc)}): it may be truncated or not "
+                             "a .safetensors file; retrain it or point to another file.") from None
     if meta.get("format") != FORMAT:
         raise HeadscopeError(f"{p} is not a headscope lens file (format {meta.get('format')!r}).")
-    return tensors, meta
+    for key in ("heads", "param"):
+        if key not in meta:
+            raise HeadscopeError(f"{p} is not a complete headscope lens file: its metadata lacks '{key}'.")
+    return meta
 
 
 def load_lens(model: Any, path: str | Path) -> HeadLens:
@@ -145,11 +171,19 @@ def load_lens(model: Any, path: str | Path) -> HeadLens:
     have = str(getattr(model, "weights_hash", ""))
     if want and have and want != have:
         raise HeadscopeError(f"lens {path} was trained on {meta.get('model_spec')} ({want[:12]}), not {model.spec} ({have[:12]}).")
+    for key, have_dim in (("d_model", model.d_model),):
+        if key in meta and str(meta[key]) != str(have_dim):
+            raise HeadscopeError(f"lens {path} was trained on {meta.get('model_spec')} ({key} {meta[key]}), "
+                                 f"not {model.spec} ({key} {have_dim}): use a lens trained on this model.")
     heads = model.parse_heads(meta["heads"])
     lens = HeadLens(model, heads, meta["param"])
     with torch.no_grad():
         for name, p in lens.params.items():
             layer, head, kind = name.split("_")
-            p.copy_(tensors[f"{layer}.{head}.{kind}"])
+            stored = tensors.get(f"{layer}.{head}.{kind}")
+            if stored is None or stored.shape != p.shape:
+                raise HeadscopeError(f"lens {path} lacks a well-formed tensor {layer}.{head}.{kind}: the file is "
+                                     "damaged or from another model; retrain it.")
+            p.copy_(stored)
     lens.metadata = {k: v for k, v in meta.items() if k not in ("format",)}
     return lens

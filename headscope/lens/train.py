@@ -36,7 +36,7 @@ import torch
 
 from headscope.errors import HeadscopeError
 from headscope.lens.core import final_logits, head_vectors, lens_logits, normalise
-from headscope.lens.store import HeadLens, head_key, read_lens_file
+from headscope.lens.store import HeadLens, head_key, read_lens_file, read_lens_metadata
 from headscope.progress import progress_bar
 from headscope.trace.stream import capture_stream
 
@@ -103,10 +103,71 @@ def _save_checkpoint(lens: HeadLens, opt: torch.optim.Adam, step: int, directory
     return lens.save(directory / f"lens-step{step}.safetensors", extra, {**meta, "step": str(step)})
 
 
+# settings a resumed run must share with its checkpoint, and the flag that sets each
+RESUME_KEYS = {"heads": "--heads", "param": "--param", "lr": "--lr", "batch_tokens": "--batch-tokens",
+               "seed": "--seed", "corpus": "--corpus/--seq-len/--n-train/--n-eval",
+               "weights_sha256": "--model", "model_spec": "--model"}
+
+
+def check_checkpoint_dir(directory: str | Path | None, resume: bool) -> Path | None:
+    """The checkpoint directory, checked writable (a one-line error otherwise); it is created
+    when the first checkpoint is written."""
+    if directory is None:
+        if resume:
+            raise HeadscopeError("--resume needs --checkpoint-dir (where the earlier run saved its checkpoints).")
+        return None
+    ckdir = Path(directory).expanduser()
+    if ckdir.exists() and not ckdir.is_dir():
+        raise HeadscopeError(f"--checkpoint-dir {ckdir} is a file, not a directory: give a directory.")
+    if resume and not ckdir.is_dir():
+        raise HeadscopeError(f"--resume: checkpoint directory {ckdir} does not exist: check the path, or drop --resume.")
+    from headscope.results.atomic import check_writable_dir
+
+    return check_writable_dir(ckdir, f"checkpoints to {ckdir} (--checkpoint-dir)")
+
+
+def _same(stored: str | None, wanted: Any) -> bool:
+    if stored is None:
+        return False
+    if isinstance(wanted, str):
+        return stored == wanted
+    try:
+        return json.loads(stored) == json.loads(json.dumps(wanted))
+    except ValueError:
+        return False
+
+
+def check_resume(directory: str | Path, expected: dict[str, Any], steps: int | None = None) -> tuple[int, Path] | None:
+    """The newest checkpoint in ``directory`` as ``(step, path)``, after checking that it was
+    written with the same settings as ``expected`` (keys of :data:`RESUME_KEYS`; values as
+    saved: text, or JSON for numbers and dicts). ``None`` when there is no checkpoint yet.
+
+    A mismatch is a one-line error naming the setting: resuming would mix two runs.
+    """
+    found = _checkpoints(Path(directory).expanduser())
+    if not found:
+        return None
+    step, path = found[-1]
+    meta = read_lens_metadata(path)
+    for key, wanted in expected.items():
+        stored = meta.get(key)
+        if not _same(stored, wanted):
+            shown = wanted if isinstance(wanted, str) else json.dumps(wanted)
+            raise HeadscopeError(
+                f"checkpoint {path} was written with {key}={stored}, not {shown}: resuming would mix two runs. "
+                f"Resume with the same {RESUME_KEYS.get(key, key)}, or use a new --checkpoint-dir."
+            )
+    if steps is not None and step > steps:
+        raise HeadscopeError(f"checkpoint {path} is at step {step}, past --steps {steps}: raise --steps or use a new --checkpoint-dir.")
+    return step, path
+
+
 def _restore(lens: HeadLens, opt: torch.optim.Adam, path: Path) -> int:
     tensors, meta = read_lens_file(path)
     if meta.get("heads") != ",".join(map(head_key, lens.heads)) or meta.get("param") != lens.param:
         raise HeadscopeError(f"checkpoint {path} is for heads {meta.get('heads')} ({meta.get('param')}): resume with the same --heads/--param.")
+    if "step" not in meta or not str(meta["step"]).isdigit():
+        raise HeadscopeError(f"checkpoint {path} has no step in its metadata: it is not a training checkpoint.")
     step = int(meta["step"])
     with torch.no_grad():
         for name, p in lens.params.named_parameters():
@@ -119,6 +180,29 @@ def _restore(lens: HeadLens, opt: torch.optim.Adam, path: Path) -> int:
                     "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"].clone(),
                 }
     return step
+
+
+def check_settings(steps: int, lr: float, batch_tokens: int, checkpoint_every: int) -> None:
+    """One-line errors for training settings that cannot work."""
+    if steps < 0 or batch_tokens < 1:
+        raise HeadscopeError("steps must be >= 0 and batch_tokens >= 1.")
+    if not lr > 0 or lr != lr or lr == float("inf"):
+        raise HeadscopeError(f"lr must be a positive number; got {lr}.")
+    if checkpoint_every < 1:
+        raise HeadscopeError("checkpoint_every must be >= 1.")
+
+
+def resume_expectations(model: Any, heads: Sequence[Head], param: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed by this run (see :func:`check_resume`)."""
+    out: dict[str, Any] = {"heads": ",".join(map(head_key, heads)), "param": param}
+    for key in ("lr", "batch_tokens", "seed", "corpus"):
+        if key in meta:
+            out[key] = meta[key]
+    if getattr(model, "weights_hash", ""):
+        out["weights_sha256"] = str(model.weights_hash)
+    else:
+        out["model_spec"] = str(model.spec)
+    return out
 
 
 def train_lens(
@@ -140,22 +224,19 @@ def train_lens(
 
     Raises a one-line error when ``resume`` finds a checkpoint for other heads.
     """
-    if steps < 0 or batch_tokens < 1:
-        raise HeadscopeError("steps must be >= 0 and batch_tokens >= 1.")
+    check_settings(steps, lr, batch_tokens, checkpoint_every)
     torch.manual_seed(seed)
     lens = HeadLens(model, heads, param)
     opt = torch.optim.Adam(lens.params.parameters(), lr=lr)
     start = 0
-    ckdir = Path(checkpoint_dir).expanduser() if checkpoint_dir else None
-    if resume:
-        if ckdir is None:
-            raise HeadscopeError("--resume needs --checkpoint-dir.")
-        found = _checkpoints(ckdir)
-        if found:
-            start = _restore(lens, opt, found[-1][1])
+    ckdir = check_checkpoint_dir(checkpoint_dir, resume)
+    meta = {**(meta or {}), "lr": lr, "batch_tokens": batch_tokens, "seed": seed, "objective": "KL(p_model || lens)"}
+    if resume and ckdir is not None:
+        newest = check_resume(ckdir, resume_expectations(model, heads, param, meta), steps)
+        if newest is not None:
+            start = _restore(lens, opt, newest[1])
     n = train.x.shape[0]
     losses: list[float] = []
-    meta = {**(meta or {}), "lr": lr, "batch_tokens": batch_tokens, "seed": seed, "objective": "KL(p_model || lens)"}
     for step in progress_bar(range(start, steps), "training lens", enabled=progress, total=max(0, steps - start)):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(0, n, (batch_tokens,), generator=gen)
@@ -231,9 +312,16 @@ def fit_and_evaluate(
         ``(lens, {"L.H": {"trained": kl, "training_free": kl, "best_constant": kl}}, losses)``;
         the KLs are also in ``lens.metadata`` (saved with the file).
     """
+    for layer, head in heads:  # before the (slow) collection
+        model.check_head(layer, head)
+    check_settings(steps, lr, batch_tokens, checkpoint_every)
+    meta = {"corpus": task.describe(), "param": param}
+    ckdir = check_checkpoint_dir(checkpoint_dir, resume)
+    if resume and ckdir is not None:
+        check_resume(ckdir, resume_expectations(model, heads, param, {**meta, "lr": lr, "batch_tokens": batch_tokens,
+                                                                      "seed": seed}), steps)
     train = collect(model, task.windows(model, "train"), heads)
     held = collect(model, task.windows(model, "eval"), heads)
-    meta = {"corpus": task.describe(), "param": param}
     lens, losses = train_lens(model, heads, train, steps, lr, batch_tokens, param, seed, checkpoint_dir,
                               checkpoint_every, resume, progress, meta)
     kls = heldout_kl(model, lens, held)

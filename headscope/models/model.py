@@ -164,7 +164,7 @@ class Model:
         if n_positions > self.n_ctx:
             raise HeadscopeError(
                 f"prompt is {n_positions} tokens but {self.spec} has a context of {self.n_ctx}: "
-                "shorten the prompt or lower --seq-len."
+                "shorten the prompt, or lower the task's length (e.g. -o seq_len=N or -o context_lengths=N)."
             )
 
     # ------------------------------------------------------------------ tokens

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from headscope.patching.baselines import check_gap
 from headscope.patching.engine import PatchEngine, hook_alias
 
 
@@ -70,6 +71,8 @@ def attribution_scores(
     per_position = torch.stack(
         [((clean_z[layer] - kept[layer].detach()) * g).sum(-1) for layer, g in zip(layers, grads, strict=True)]
     )  # (layer, n, pos, units) — sums to the prompt-mean metric change
+    if not torch.isnan(clean_metric).all():
+        check_gap(clean_metric.detach(), per_row.detach())
     return {
         "per_position": per_position.detach().float().cpu() * engine.n,
         "clean": clean_metric.detach().float().cpu(),

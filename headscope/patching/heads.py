@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
+from headscope.patching.baselines import check_gap, check_layers
 from headscope.patching.engine import PATCH_ACTS, Edit, PatchEngine, RunCache, shared_prefix
 
 
@@ -49,6 +50,7 @@ class HeadPatchResult:
 
     def normalized(self) -> torch.Tensor:
         """(patched - corrupted) / (clean - corrupted) of the row-averaged metric."""
+        check_gap(self.clean, self.corrupted)
         c, r = self.clean.mean(), self.corrupted.mean()
         return (self.mean() - r) / (c - r)
 
@@ -108,9 +110,12 @@ def patch_all_heads(
         raise HeadscopeError("clean and corrupted tokens must have the same shape for patching.")
     model = engine.model
     n, pos_len = clean_tokens.shape
+    check_layers(layers, model.n_layers)
     sweep = list(range(model.n_layers)) if layers is None else sorted(set(layers))
     clean_cache = clean_cache or engine.cache_run(clean_tokens, acts=(act,), layers=sweep)
     corrupted_cache = corrupted_cache or engine.cache_run(corrupted_tokens, acts=(), layers=[])
+    if not torch.equal(clean_tokens, corrupted_tokens):  # a contrastive batch (not self-patching): fail before the sweep
+        check_gap(engine.metric(clean_cache.end_logits), engine.metric(corrupted_cache.end_logits))
     n_units = model.n_kv_heads if act in ("k", "v") else model.n_heads
     names, specs = _position_specs(positions, n, pos_len)
     values = torch.full((model.n_layers, n_units, len(names), n), float("nan"))

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from headscope.errors import HeadscopeError
+from headscope.patching.baselines import check_gap, check_layers
 from headscope.patching.engine import Edit, PatchEngine, RunCache, shared_prefix
 from headscope.patching.heads import head_masks
 
@@ -89,6 +90,7 @@ class PathPatchResult:
 
     def normalized(self) -> torch.Tensor:
         """(n_layers, n_heads): (patched - clean) / (clean - corrupted)."""
+        check_gap(self.clean, self.corrupted)
         c, r = self.clean.mean(), self.corrupted.mean()
         return (self.values.mean(-1) - c) / (c - r)
 
@@ -119,9 +121,12 @@ def path_patch(
     (default: every position). Ignored for the final residual.
     """
     model = engine.model
+    check_layers(sender_layers, model.n_layers, "sender_layers")
     n, pos = clean_tokens.shape
     clean = engine.cache_run(clean_tokens, acts=("z",))
     corrupted = engine.cache_run(corrupted_tokens, acts=("z",))
+    if not torch.equal(clean_tokens, corrupted_tokens):  # a contrastive batch (not self-patching): fail before the sweep
+        check_gap(engine.metric(clean.end_logits), engine.metric(corrupted.end_logits))
     last = model.n_layers if receivers.act == "resid" else min(receivers.layers)
     layers = [layer for layer in (sender_layers or range(model.n_layers)) if layer < last]
     values = torch.full((model.n_layers, model.n_heads, n), float("nan"))

@@ -145,6 +145,38 @@ def check_available(recipe: Recipe) -> None:
         if bad:
             raise HeadscopeError(f"recipe '{recipe.name}' step '{step.id}': task '{step.task}' has no "
                                  f"parameter '{bad[0]}'.{suggest(bad[0], params)}")
+        check_types(recipe, step)
+
+
+def _is_selector(value: Any) -> bool:
+    return isinstance(value, dict) and "heads_from" in value
+
+
+def check_types(recipe: Recipe, step: Step) -> None:
+    """Type-check a step's task parameters and analyzer options, plain and with its ``quick``
+    overrides, against their annotations (:mod:`headscope.params`): one-line errors, before any work."""
+    from headscope.analyzers.registry import ANALYZERS
+    from headscope.tasks.registry import TASKS
+
+    where = f"recipe '{recipe.name}' step '{step.id}': "
+    for label, extra in (("", {}), (" (quick)", step.quick)):
+        cfg = merge({"task_params": step.task_params, "options": step.options}, extra)
+        bad_keys = [k for k in cfg["task_params"] if k not in TASKS[str(step.task)].parameters()]
+        if bad_keys:
+            raise HeadscopeError(f"{where}quick: task '{step.task}' has no parameter '{bad_keys[0]}'.")
+        bad_keys = [k for k in cfg["options"] if k not in ANALYZERS[str(step.analyzer)].options()]
+        if bad_keys:
+            raise HeadscopeError(f"{where}quick: analyzer '{step.analyzer}' has no option '{bad_keys[0]}'.")
+        params = TASKS[str(step.task)].coerce(cfg["task_params"], where=where.rstrip(": ") + label + ": ")
+        try:  # building a task needs no model and runs its own checks (e.g. needle's lengths)
+            TASKS[str(step.task)].factory(**params)
+        except HeadscopeError as exc:
+            raise HeadscopeError(f"{where.rstrip(': ')}{label}: {exc}") from None
+        from headscope.params import coerce_all
+
+        info = ANALYZERS[str(step.analyzer)]
+        coerce_all(info.fn, cfg["options"], f"{where.rstrip(': ')}{label}: analyzer '{info.name}' option",
+                   skip=_is_selector, extra={"preset": str})
 
 
 def run_recipe(
@@ -185,9 +217,19 @@ def run_recipe(
     spec = model or recipe.model
     dtype = dtype or recipe.dtype
     device = device or recipe.device
-    base = recipe.outputs.get("dir") or f"results/{recipe.name}/{slug(spec)}{'-quick' if quick else ''}"
-    target = Path(out_dir or base).expanduser()
-    target.mkdir(parents=True, exist_ok=True)
+    # the recipe may only name a relative directory (checked by load_recipe); the user's
+    # --out-dir may be anywhere
+    base = Path(recipe.outputs.get("dir") or f"results/{slug(recipe.name)}/{slug(spec)}{'-quick' if quick else ''}")
+    target = Path(out_dir).expanduser() if out_dir is not None else base
+    for step in recipe.steps:  # every output a plain file directly inside the output directory
+        if Path(f"{step.id}.parquet").name != f"{step.id}.parquet" or step.id.startswith("."):
+            raise HeadscopeError(f"recipe '{recipe.name}': step id {step.id!r} is not a plain name.")
+    if target.exists() and not target.is_dir():
+        raise HeadscopeError(f"output directory {target} is a file: pass another --out-dir.")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HeadscopeError(f"cannot create output directory {target}: {exc.strerror or exc}. Pass a writable --out-dir.") from None
     result = RunResult(out_dir=target)
     results: dict[str, HeadScores] = {}
     holder: dict[str, Any] = {"model": loaded_model}

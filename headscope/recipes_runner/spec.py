@@ -35,9 +35,10 @@ scores above it; below it for ``ascending``; ``|score|`` above it for ``absolute
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from headscope.errors import HeadscopeError, suggest
@@ -47,6 +48,34 @@ RECIPE_KEYS = {"name", "title", "paper", "description", "model", "device", "dtyp
                "steps", "figures", "outputs", "quick", "notes"}
 FIGURE_KINDS = ("sender_receiver", "circuit", "attention", "lens", "heatmap")
 ORDERS = ("descending", "ascending", "absolute")
+OUTPUT_KEYS = {"dir"}
+STEP_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def check_step_id(sid: str, where: str) -> str:
+    """A step id is a plain name (it becomes ``<out_dir>/<id>.parquet``): letters, digits,
+    ``_``, ``.`` and ``-``, not starting with ``.`` or ``-``; never a path."""
+    if not STEP_ID.match(sid):
+        raise HeadscopeError(
+            f"{where}: step id {sid!r} is not a plain name (letters, digits, _ . -; no '/', no leading '.'): "
+            "it names the step's output file inside the output directory."
+        )
+    return sid
+
+
+def check_output_dir(value: Any, where: str) -> str:
+    """A recipe's ``outputs.dir`` must be a relative path inside the working directory (no ``..``,
+    no absolute path, no ``~``): a shared recipe may not choose where on disk it writes.
+    ``headscope run --out-dir`` (the user's own choice) may point anywhere."""
+    text = str(value)
+    parts = Path(text).parts
+    if (not text.strip() or Path(text).is_absolute() or text.startswith("~") or ".." in parts
+            or PureWindowsPath(text).drive or "\\" in text):
+        raise HeadscopeError(
+            f"{where}: outputs.dir {text!r} must be a relative path inside the working directory (no '..', "
+            "no absolute path, no '~'); to write elsewhere pass --out-dir on the command line."
+        )
+    return text
 
 
 @dataclass
@@ -149,6 +178,17 @@ def load_recipe(path: str | Path) -> Recipe:
             raise HeadscopeError(f"{path}: missing '{key}'.")
     if not isinstance(data["steps"], list) or not data["steps"]:
         raise HeadscopeError(f"{path}: 'steps' must be a non-empty list.")
+    for key in ("task_params", "outputs"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise HeadscopeError(f"{path}: '{key}' must be a mapping (KEY: VALUE lines).")
+    outputs = dict(data.get("outputs") or {})
+    bad = sorted(set(outputs) - OUTPUT_KEYS)
+    if bad:
+        raise HeadscopeError(f"{path}: unknown outputs key '{bad[0]}': outputs takes only 'dir'.")
+    if "dir" in outputs:
+        outputs["dir"] = check_output_dir(outputs["dir"], path.name)
+    if not isinstance(data.get("figures") or [], list) or not all(isinstance(f, dict) for f in data.get("figures") or []):
+        raise HeadscopeError(f"{path}: 'figures' must be a list of mappings.")
     steps: list[Step] = []
     for i, raw in enumerate(data["steps"]):
         where = f"{path.name} step {i + 1}"
@@ -157,7 +197,15 @@ def load_recipe(path: str | Path) -> Recipe:
         extra = sorted(set(raw) - STEP_KEYS)
         if extra:
             raise HeadscopeError(f"{where}: unknown key '{extra[0]}'.{suggest(extra[0], STEP_KEYS)}")
-        sid = str(raw.get("id") or raw.get("analyzer") or f"step{i + 1}")
+        sid = check_step_id(str(raw.get("id") or raw.get("analyzer") or f"step{i + 1}"), where)
+        for key in ("task_params", "options", "quick"):
+            if not isinstance(raw.get(key) or {}, dict):
+                raise HeadscopeError(f"{where} ({sid}): '{key}' must be a mapping (KEY: VALUE lines).")
+        for key in ("task_params", "options"):
+            if not isinstance((raw.get("quick") or {}).get(key) or {}, dict):
+                raise HeadscopeError(f"{where} ({sid}): 'quick.{key}' must be a mapping (KEY: VALUE lines).")
+        if not isinstance(raw.get("classify") or [], list) or not all(isinstance(r, dict) for r in raw.get("classify") or []):
+            raise HeadscopeError(f"{where} ({sid}): 'classify' must be a list of rules (mappings).")
         if sid in [s.id for s in steps]:
             raise HeadscopeError(f"{where}: duplicate step id '{sid}'.")
         if bool(raw.get("analyzer")) == bool(raw.get("classify")):
@@ -191,5 +239,5 @@ def load_recipe(path: str | Path) -> Recipe:
         title=str(data.get("title", data["name"])), paper=str(data.get("paper", "")),
         description=" ".join(str(data.get("description", "")).split()),
         device=str(data.get("device", "cpu")), dtype=str(data.get("dtype", "float32")),
-        figures=list(data.get("figures") or []), outputs=dict(data.get("outputs") or {}), raw=data,
+        figures=list(data.get("figures") or []), outputs=outputs, raw=data,
     )

@@ -64,7 +64,8 @@ def compare_results(a: Any, b: Any, metric_a: str | None = None, metric_b: str |
     Args:
         a, b: HeadScores (e.g. :func:`headscope.read_parquet` of two runs).
         metric_a, metric_b: compare these two metrics (default: every metric the two share).
-        k: top-k size for the overlap.
+        k: top-k size for the overlap (NaN for a metric where ``k`` is not below the number of
+            heads both results share: both top-k sets would be every head).
 
     Returns:
         A :class:`Comparison`. Raises HeadscopeError when nothing aligns.
@@ -100,7 +101,8 @@ def compare_results(a: Any, b: Any, metric_a: str | None = None, metric_b: str |
             "metric": merged["metric"].iloc[0], "heads_a": int(merged["score_a"].notna().sum()),
             "heads_b": int(merged["score_b"].notna().sum()), "heads_both": len(both),
             "spearman": spearman(both["score_a"].to_numpy(), both["score_b"].to_numpy()),
-            f"top{k}_overlap": len(top_a & top_b) / max(1, min(k, len(both))),
+            # with k >= the shared heads both top-k sets are every head: the overlap says nothing
+            f"top{k}_overlap": len(top_a & top_b) / k if k < len(both) else float("nan"),
             "mean_abs_diff": float(both["diff"].abs().mean()) if len(both) else float("nan"),
             "largest_diffs": ", ".join(f"{r.label} ({r.diff:+.3g})" for r in biggest.itertuples()),
         })

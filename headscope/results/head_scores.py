@@ -156,20 +156,44 @@ class HeadScores(pd.DataFrame):
 
 
 def read_parquet(path: str | Path) -> HeadScores:
-    """Read a HeadScores Parquet file, restoring its provenance."""
+    """Read one HeadScores Parquet file, restoring its provenance.
+
+    A directory is refused (pyarrow would read every file in it as one table, merging runs):
+    use :func:`headscope.report.runs.read_runs` for many files. So is a ``.partial`` file left
+    by an interrupted write, and a file whose ``layer``/``head``/``score`` columns are not numeric.
+    """
     import pyarrow.parquet as pq
+
+    from headscope.results.atomic import is_temp_file
 
     target = Path(path).expanduser()
     if not target.exists():
         raise HeadscopeError(f"no such results file: {target}. Check the path.")
+    if target.is_dir():
+        raise HeadscopeError(
+            f"{target} is a directory: read one .parquet file, or read_runs('{target}') for every run in it."
+        )
+    if is_temp_file(target):
+        raise HeadscopeError(f"{target} is a temporary file left by an interrupted write: delete it and rerun.")
     try:
         table = pq.read_table(target)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
         raise HeadscopeError(f"{target} is not a readable Parquet file ({type(exc).__name__}).") from None
     meta = table.schema.metadata or {}
     out = HeadScores(table.to_pandas())
-    out.provenance = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+    try:
+        out.provenance = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+    except ValueError:
+        raise HeadscopeError(f"{target} has unreadable headscope provenance metadata (not JSON).") from None
+    if not isinstance(out.provenance, dict):
+        raise HeadscopeError(f"{target} has unreadable headscope provenance metadata (not a JSON object).")
     missing = [c for c in REQUIRED_COLUMNS if c not in out.columns]
     if missing:
         raise HeadscopeError(f"{target} is not a headscope result (missing columns {missing}).")
+    for col in ("layer", "head"):
+        if not pd.api.types.is_integer_dtype(out[col]):
+            raise HeadscopeError(f"{target} is not a headscope result: column '{col}' is {out[col].dtype}, not integer.")
+    for col in ("score", "stderr"):
+        if col in out.columns and (not pd.api.types.is_numeric_dtype(out[col]) or pd.api.types.is_bool_dtype(out[col])):
+            raise HeadscopeError(f"{target} is not a headscope result: column '{col}' is {out[col].dtype}, not numeric.")
     return out

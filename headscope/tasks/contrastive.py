@@ -148,6 +148,9 @@ def build_batch(
             )
         clean_ids.append(a)
         corr_ids.append(b)
+    answer_ids = [_answer_id(model, a, i) for i, a in enumerate(answers)]
+    wrong_ids = [_answer_id(model, w, i) for i, w in enumerate(wrongs)]
+    check_rows(clean_text, clean_ids, corr_ids, answers, answer_ids, wrongs, wrong_ids)
     pad = pad_id(model)
     clean = pad_right(clean_ids, pad)
     model.check_length(int(clean.shape[1]))
@@ -156,8 +159,8 @@ def build_batch(
     return ContrastiveBatch(
         clean=clean,
         corrupted=pad_right(corr_ids, pad),
-        answer=torch.tensor([_answer_id(model, a, i) for i, a in enumerate(answers)], dtype=torch.long),
-        wrong=torch.tensor([_answer_id(model, w, i) for i, w in enumerate(wrongs)], dtype=torch.long),
+        answer=torch.tensor(answer_ids, dtype=torch.long),
+        wrong=torch.tensor(wrong_ids, dtype=torch.long),
         positions=positions,
         groups=list(groups) if groups is not None else [],
         clean_text=list(clean_text),
@@ -165,11 +168,39 @@ def build_batch(
     )
 
 
+def check_rows(
+    clean_text: Sequence[str], clean_ids: Sequence[Sequence[int]], corr_ids: Sequence[Sequence[int]],
+    answers: Sequence[str], answer_ids: Sequence[int], wrongs: Sequence[str], wrong_ids: Sequence[int],
+) -> None:
+    """Refuse degenerate rows, whose logit difference or clean-vs-corrupted gap is 0 by
+    construction (they would make every normalised patching score NaN): a row whose answer and
+    wrong token are the same token, or whose corrupted prompt tokenizes to its clean prompt."""
+    for i in range(len(clean_ids)):
+        if answer_ids[i] == wrong_ids[i]:
+            same = "the same text" if answers[i] == wrongs[i] else "the same token"
+            raise HeadscopeError(
+                f"row {i}: answer {answers[i]!r} and wrong {wrongs[i]!r} are {same}, so their logit difference is "
+                "always 0: give a wrong answer that differs from the answer."
+            )
+        if list(clean_ids[i]) == list(corr_ids[i]):
+            raise HeadscopeError(
+                f"row {i}: the corrupted prompt tokenizes exactly like the clean prompt ({clean_text[i]!r}), so "
+                "patching it changes nothing: corrupt the prompt (e.g. swap the name the answer depends on)."
+            )
+
+
 def _answer_id(model: Any, text: str, row: int) -> int:
     try:
-        return model.single_token(text)
+        tid = model.single_token(text)
     except HeadscopeError as exc:
         raise HeadscopeError(f"row {row}: {exc}") from None
+    unk = getattr(model.tokenizer, "unk_token_id", None)
+    if unk is not None and tid == unk and text.strip() != str(getattr(model.tokenizer, "unk_token", "")):
+        raise HeadscopeError(
+            f"row {row}: answer {text!r} is not in {model.spec}'s vocabulary (it would be read as "
+            f"{model.tokenizer.unk_token!r}): choose a word the tokenizer knows."
+        )
+    return tid
 
 
 def single_token_words(model: Any, words: Sequence[str], prefix: str = " ") -> list[str]:

@@ -3,7 +3,7 @@
 Clean prompts name a country; the corrupted prompt names a different country in the same
 template (same token length). Answer: the clean country's capital; wrong answer: the
 corrupted country's capital. Country/capital pairs and templates are headscope's own
-(``headscope/data/facts_capitals.json``); only pairs whose names are single tokens (with a
+(``data/facts_capitals.json``); only pairs whose names are single tokens (with a
 leading space) for the model's tokenizer are used. Named positions: ``SUBJECT`` (the country
 token) and ``END``.
 """
@@ -14,9 +14,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError
 from headscope.tasks.contrastive import ContrastiveBatch, build_batch, encode
-from headscope.tasks.ioi import load_json
 from headscope.tasks.registry import register_task
 
 

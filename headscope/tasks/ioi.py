@@ -2,7 +2,7 @@
 
 Prompts like "After Mary and John arrived at the store, John handed a drink to" whose answer
 is the indirect object (IO, " Mary") rather than the subject (S, " John"). Templates and word
-lists are headscope's own (``headscope/data/ioi_templates.json``, ``ioi_words.json``); only
+lists are headscope's own (``data/ioi_templates.json``, ``ioi_words.json``); only
 names, places and objects that are a single token with a leading space for the model's
 tokenizer are used.
 
@@ -22,24 +22,17 @@ difference ``logit[IO] - logit[S]`` at ``END``.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError, suggest
 from headscope.tasks.contrastive import ContrastiveBatch, build_batch, encode, single_token_words
 from headscope.tasks.registry import register_task
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 CORRUPTIONS = ("abc", "flipped")
 ORDERS = ("mixed", "ABBA", "BABA")
-
-
-def load_json(name: str) -> dict[str, Any]:
-    """Load ``headscope/data/<name>``."""
-    return json.loads((DATA_DIR / name).read_text())
 
 
 @register_task(

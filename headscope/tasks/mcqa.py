@@ -1,6 +1,6 @@
 """Multiple-choice questions for select-and-copy heads (Tulchinskii et al. 2024, "Listening to the Wise Few").
 
-Data: ``headscope/data/mcqa.json`` (48 easy 4-option questions written for headscope) or a
+Data: ``data/mcqa.json`` (48 easy 4-option questions written for headscope) or a
 user's ``.json`` file (a list of ``{"question", "options", "answer"}`` objects, ``answer`` the
 0-based index of the correct option; or ``{"questions": [...]}``).
 
@@ -20,15 +20,15 @@ validation part (``n_val``) used to choose heads and a test part used to report 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError
+from headscope.tasks.json_files import read_json
 from headscope.tasks.mcqa_generated import generated_questions
 from headscope.tasks.registry import register_task
 from headscope.tasks.safety_requests import pad_id, pad_right
@@ -39,17 +39,23 @@ LETTERS = "ABCDEFGH"
 def load_questions(path: str | None) -> list[dict[str, Any]]:
     """Questions as dicts with ``question``, ``options`` and ``answer``."""
     if path is None:
-        data = json.loads(resources.files("headscope").joinpath("data/mcqa.json").read_text())
+        data = load_json("mcqa.json")
     else:
         p = Path(path).expanduser()
         if not p.is_file():
             raise HeadscopeError(f"MCQA file {p} does not exist: give a .json list of {{question, options, answer}}.")
-        data = json.loads(p.read_text())
+        data = read_json(p, "MCQA file", 'a .json list of {"question": ..., "options": [...], "answer": 0-based index}')
     rows = data.get("questions", []) if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise HeadscopeError("the MCQA file must hold a JSON list of questions (or {\"questions\": [...]}).")
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not {"question", "options", "answer"} <= set(r):
             raise HeadscopeError(f"MCQA row {i} needs question, options and answer.")
-        if not 2 <= len(r["options"]) <= len(LETTERS) or not 0 <= int(r["answer"]) < len(r["options"]):
+        opts, ans = r["options"], r["answer"]
+        if (not isinstance(opts, list) or not all(isinstance(o, str) for o in opts) or not isinstance(r["question"], str)
+                or isinstance(ans, bool) or not isinstance(ans, int)):
+            raise HeadscopeError(f"MCQA row {i}: question must be text, options a list of texts and answer an integer index.")
+        if not 2 <= len(opts) <= len(LETTERS) or not 0 <= ans < len(opts):
             raise HeadscopeError(f"MCQA row {i}: 2-8 options and a 0-based answer index are required.")
     if not rows:
         raise HeadscopeError("the MCQA file has no questions.")

@@ -15,10 +15,10 @@ The correct option's position is drawn uniformly, so every letter is equally oft
 
 from __future__ import annotations
 
-import json
 import random
-from importlib import resources
 from typing import Any
+
+from headscope.datafiles import load_json
 
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
@@ -26,7 +26,7 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
 
 
 def _capital_pairs() -> list[tuple[str, str]]:
-    data = json.loads(resources.files("headscope").joinpath("data/facts_capitals.json").read_text())
+    data = load_json("facts_capitals.json")
     return [(str(a), str(b)) for a, b in data["pairs"]]
 
 

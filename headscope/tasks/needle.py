@@ -1,7 +1,7 @@
 """Needle-in-a-haystack retrieval (Wu et al. 2024, "Retrieval Head Mechanistically Explains
 Long-Context Factuality"), with our own haystack, needles and questions.
 
-Each trial inserts one needle sentence (``headscope/data/needles.json``, written for headscope)
+Each trial inserts one needle sentence (``data/needles.json``, written for headscope)
 into haystack prose taken from CPython's bundled documentation (``pydoc_data.topics``, available
 offline), at a relative depth, trimmed to a target context length in tokens. The question is
 asked after the document, through the model's chat template when it has one.
@@ -20,14 +20,13 @@ Choices (recorded in ``describe()``):
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import torch
 
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError
 from headscope.tasks.registry import register_task
 
@@ -36,8 +35,7 @@ INSTRUCTION = "Read the document and answer the question.\n\nDocument:\n"
 
 def load_needles() -> list[dict[str, str]]:
     """The needles shipped with headscope: dicts with ``needle``, ``question``, ``answer``."""
-    text = resources.files("headscope").joinpath("data/needles.json").read_text()
-    return json.loads(text)["needles"]
+    return load_json("needles.json")["needles"]
 
 
 def haystack_text() -> str:
@@ -67,12 +65,18 @@ class Trial:
     depth: float
 
 
-def _as_tuple(value: Any, cast: Any) -> tuple:
+def _as_tuple(value: Any, cast: Any, name: str = "value") -> tuple:
+    text = value
     if isinstance(value, str):
         value = [v for v in value.split(",") if v.strip()]
     if isinstance(value, int | float):
         value = [value]
-    return tuple(cast(v) for v in value)
+    try:
+        return tuple(cast(v) for v in value)
+    except (TypeError, ValueError):
+        kind = "integers" if cast is int else "numbers"
+        raise HeadscopeError(f"{name}={text!r} must be a comma list of {kind}: e.g. -o {name}="
+                             f"{'256,512' if cast is int else '0.1,0.5,0.9'}.") from None
 
 
 @register_task(
@@ -101,8 +105,8 @@ class NeedleTask:
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.context_lengths = _as_tuple(self.context_lengths, int)
-        self.depths = _as_tuple(self.depths, float)
+        self.context_lengths = _as_tuple(self.context_lengths, int, "context_lengths")
+        self.depths = _as_tuple(self.depths, float, "depths")
         if not self.context_lengths or min(self.context_lengths) < 16:
             raise HeadscopeError("context_lengths must be at least 16 tokens: e.g. -o context_lengths=256,512.")
         if any(not 0.0 <= d <= 1.0 for d in self.depths) or not self.depths:
@@ -113,7 +117,7 @@ class NeedleTask:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "context_lengths": list(self.context_lengths), "depths": list(self.depths),
                 "needles_per_cell": self.needles_per_cell, "seed": self.seed, "chat": self.chat,
-                "haystack": "pydoc_data.topics (CPython docs)", "needles": "headscope/data/needles.json"}
+                "haystack": "pydoc_data.topics (CPython docs)", "needles": "data/needles.json"}
 
     def _wrap(self, model: Any, document_ids: list[int], question: str) -> tuple[list[int], int]:
         """Prompt ids around the document and the offset of the document's first token."""

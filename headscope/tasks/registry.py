@@ -23,6 +23,13 @@ class TaskInfo:
         """Names of the keyword parameters the factory accepts."""
         return [p for p in inspect.signature(self.factory).parameters if p != "self"]
 
+    def coerce(self, params: dict[str, Any], where: str = "") -> dict[str, Any]:
+        """``params`` converted to the factory's annotations (:mod:`headscope.params`); a value
+        that does not fit is a one-line error."""
+        from headscope.params import coerce_all
+
+        return coerce_all(self.factory, params, f"{where}task '{self.name}' parameter")
+
 
 TASKS: dict[str, TaskInfo] = {}
 
@@ -48,7 +55,8 @@ def get_task_info(name: str) -> TaskInfo:
 
 
 def make_task(name: str, **params: Any) -> Any:
-    """Build a task by name with its parameters (unknown parameters are a one-line error)."""
+    """Build a task by name with its parameters (unknown parameters, and values that do not fit
+    a parameter's annotation, are one-line errors; text such as ``"8"`` is converted)."""
     info = get_task_info(name)
     allowed = info.parameters()
     bad = [k for k in params if k not in allowed]
@@ -57,7 +65,7 @@ def make_task(name: str, **params: Any) -> Any:
             f"task '{name}' has no parameter {bad[0]!r}.{suggest(bad[0], allowed)} "
             f"Parameters: {', '.join(allowed)}."
         )
-    return info.factory(**params)
+    return info.factory(**info.coerce(params))
 
 
 def _ensure_loaded() -> None:

@@ -1,6 +1,6 @@
 """Token relations for MAPS (Elhelo & Geva 2024): (source token, target token) pairs.
 
-Built-in relations (``headscope/data/maps_relations.json``, written for headscope):
+Built-in relations (``data/maps_relations.json``, written for headscope):
 ``copying`` (t -> t), ``successor`` (1 -> 2, Monday -> Tuesday, A -> B, ...),
 ``country_capital`` (France -> Paris) and ``lowercase_uppercase`` (a -> A, city -> City).
 A user's relation: ``-o path=pairs.json`` (a JSON list of ``[source, target]`` pairs, or an
@@ -16,19 +16,19 @@ number of skipped pairs is reported.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError, suggest
+from headscope.tasks.json_files import read_json
 from headscope.tasks.registry import register_task
 
 
 def builtin_relations() -> dict[str, list[list[str]]]:
     """All built-in relations: name -> [[source, target], ...]."""
-    data = json.loads(resources.files("headscope").joinpath("data/maps_relations.json").read_text())
+    data = load_json("maps_relations.json")
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
@@ -43,7 +43,7 @@ def read_pairs(path: str | Path) -> list[list[str]]:
         if not rows or not {"source", "target"} <= set(rows[0]):
             raise HeadscopeError(f"relation file {p} needs columns source,target.")
         return [[r["source"], r["target"]] for r in rows]
-    data = json.loads(p.read_text())
+    data = read_json(p, "relation file", "a .json list of [source, target] pairs or a .csv with columns source,target")
     pairs = data.get("pairs") if isinstance(data, dict) else data
     if not isinstance(pairs, list) or not all(isinstance(x, list | tuple) and len(x) == 2 for x in pairs):
         raise HeadscopeError(f"relation file {p} must hold a list of [source, target] pairs.")

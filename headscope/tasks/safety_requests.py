@@ -3,7 +3,7 @@ Attention Heads in Large Language Model Safety").
 
 Sources (``source``):
 
-- ``builtin`` (default): ``headscope/data/harmful_requests.json`` (64 generic requests in 8 harm
+- ``builtin`` (default): ``data/harmful_requests.json`` (64 generic requests in 8 harm
   categories, written for headscope; no operational detail) and ``harmless_requests.json``
   (64 matched benign requests);
 - ``advbench`` (walledai/AdvBench), ``jailbreakbench`` (JailbreakBench/JBB-Behaviors) or any
@@ -24,15 +24,15 @@ row's last token cannot change that row's real positions, so no attention mask i
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from headscope.datafiles import load_json
 from headscope.errors import HeadscopeError
+from headscope.tasks.json_files import read_json, read_jsonl
 from headscope.tasks.registry import register_task
 
 HUB_SETS: dict[str, tuple[str, str | None, str, str]] = {
@@ -44,7 +44,7 @@ TEXT_COLUMNS = ("prompt", "goal", "Goal", "behavior", "Behavior", "instruction",
 
 def builtin_requests(kind: str) -> list[str]:
     """The built-in ``harmful`` or ``harmless`` requests."""
-    data = json.loads(resources.files("headscope").joinpath(f"data/{kind}_requests.json").read_text())
+    data = load_json(f"{kind}_requests.json")
     return [r["prompt"] for r in data["requests"]]
 
 
@@ -67,10 +67,12 @@ def read_requests(path: str | Path, column: str | None = None) -> list[str]:
     if suffix == ".txt":
         rows: list[Any] = [line.strip() for line in p.read_text().splitlines() if line.strip()]
     elif suffix == ".json":
-        data = json.loads(p.read_text())
+        data = read_json(p, "request file", 'a list of strings, of {"prompt": ...} objects, or {"requests": [...]}')
         rows = data.get("requests", []) if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            raise HeadscopeError(f"request file {p} must hold a JSON list of requests (or {{\"requests\": [...]}}).")
     elif suffix == ".jsonl":
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(p, "request file")
     elif suffix == ".csv":
         with p.open(newline="") as fh:
             rows = list(csv.DictReader(fh))

@@ -22,20 +22,106 @@ REQUIRED = ("clean", "corrupted", "answer", "wrong")
 FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+def check_syntax(p: Path, raw: bytes) -> None:
+    """One-line errors, naming the line, for files ``datasets`` would report vaguely: empty
+    files, invalid JSON/JSONL, CSV with an unbalanced quote or a row of the wrong width."""
+    import csv
+    import io
+    import json
+
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        if not raw:
+            raise HeadscopeError(f"task file {p} is empty: write a Parquet table with columns {', '.join(REQUIRED)}.")
+        return
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HeadscopeError(f"task file {p} is not UTF-8 text (byte {exc.start}): save it as UTF-8.") from None
+    if not text.strip():
+        raise HeadscopeError(f"task file {p} is empty: it needs rows with columns {', '.join(REQUIRED)}.")
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise HeadscopeError(f"task file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}): "
+                                 "fix the file or save it as .csv.") from None
+        rows = data if isinstance(data, list) else None
+        if isinstance(data, dict):
+            lists = [v for v in data.values() if isinstance(v, list)]
+            rows = lists[0] if len(lists) == 1 else None
+            if rows is None and all(isinstance(v, list) for v in data.values()):
+                return  # columns as lists: {"clean": [...], ...}
+        if rows is None or not all(isinstance(r, dict) for r in rows):
+            raise HeadscopeError(f"task file {p} must hold a JSON list of objects with keys {', '.join(REQUIRED)} "
+                                 '(e.g. [{"clean": "...", "corrupted": "...", "answer": " x", "wrong": " y"}]).')
+        if not rows:
+            raise HeadscopeError(f"task file {p} has no rows.")
+    elif suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise HeadscopeError(f"task file {p} line {n} is not valid JSON ({exc.msg}, column {exc.colno}).") from None
+            if not isinstance(obj, dict):
+                raise HeadscopeError(f"task file {p} line {n} is not a JSON object with keys {', '.join(REQUIRED)}.")
+    elif suffix == ".csv":
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        try:
+            header = next(reader)
+            n_rows = 0
+            for row in reader:
+                n_rows += bool(row)
+                if row and len(row) != len(header):
+                    raise HeadscopeError(
+                        f"task file {p} line {reader.line_num} has {len(row)} fields but the header has {len(header)} "
+                        f"({', '.join(header)}): quote fields that contain commas."
+                    )
+        except csv.Error as exc:
+            raise HeadscopeError(f"task file {p} is not valid CSV near line {reader.line_num} ({exc}): "
+                                 "check for an unbalanced quote (\").") from None
+        if not n_rows:
+            raise HeadscopeError(f"task file {p} has a header but no rows.")
+
+
 def read_rows(path: str | Path) -> dict[str, list[Any]]:
-    """Read a table with ``datasets`` and check its columns; returns column -> values."""
+    """Read a table with ``datasets`` and check its columns; returns column -> values.
+
+    ``datasets`` caches what it reads under a key made of the file's path and modification
+    time, so a file edited in place within the same second (or copied with its time kept)
+    could come back stale. The cache is therefore keyed on the file's *content* (its SHA-256
+    names the ``datasets`` config).
+    """
+    import hashlib
+
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise HeadscopeError(f"task file {p} is a directory: pass -o path=FILE.csv|json|jsonl|parquet.")
     if not p.is_file():
         raise HeadscopeError(f"task file {p} does not exist: pass -o path=FILE.csv|json|jsonl|parquet.")
     fmt = FORMATS.get(p.suffix.lower())
     if fmt is None:
         raise HeadscopeError(f"task file {p} must end in {', '.join(FORMATS)}; got '{p.suffix}'.")
-    from datasets import load_dataset
-
     try:
-        ds = load_dataset(fmt, data_files=str(p), split="train")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise HeadscopeError(f"cannot read task file {p}: {exc.strerror or exc}.") from None
+    check_syntax(p, raw)
+    import datasets
+
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # one small file: no "Generating train split" bars on stderr
+    try:
+        ds = datasets.load_dataset(fmt, data_files=str(p), split="train", name=f"headscope-{digest}")
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for bad files
-        raise HeadscopeError(f"cannot read task file {p} as {fmt}: {str(exc).splitlines()[0][:200]}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise HeadscopeError(f"cannot read task file {p} as {fmt}: {first}") from None
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
     missing = [c for c in REQUIRED if c not in ds.column_names]
     if missing:
         raise HeadscopeError(

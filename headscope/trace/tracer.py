@@ -22,6 +22,7 @@ from headscope.trace.decode_check import (
     remember_history,
     verify_cached_step,
 )
+from headscope.trace.inputs import check_tokens
 from headscope.trace.names import ACTIVATIONS, hook_name
 from headscope.trace.reducers import ReduceContext, Reducer
 
@@ -136,6 +137,7 @@ def trace(
     for r in reducers:
         if r.act not in ACTIVATIONS:
             raise TracerError(f"reducer '{r.name}' reads unknown activation '{r.act}'.")
+    check_tokens(model, tokens)
     if tokens.ndim != 2:
         raise TracerError(f"tokens must be (batch, pos); got shape {tuple(tokens.shape)}.")
     n_past = 0 if past_key_values is None else int(past_key_values.get_seq_length())

@@ -110,11 +110,6 @@ def test_padding_is_never_scored(copying, tmp_path):
     lengths = (batch.end + 1).tolist()
     assert (batch.clean == pad).any()  # the batch is right-padded
     scores = run_analyzer("logit_lens", copying, task, top_k=3, max_positions=16, max_prompts=4, preset="paper")
-    ch = scores.provenance["choices"]
-    assert ch["prompt_lengths"] == lengths
-    for row, positions in enumerate(ch["positions"]):
-        assert positions and max(positions) + 1 < lengths[row]
-        assert all(int(batch.clean[row, p + 1]) != pad for p in positions)
     # independent: each prompt alone, unpadded, hand-written lens
     heads = [(1, 1), (0, 0), (1, 0)]
     hits = {h: [] for h in heads}
@@ -127,6 +122,11 @@ def test_padding_is_never_scored(copying, tmp_path):
         assert scores.matrix("lens_next_topk").loc[h] == pytest.approx(np.mean(hits[h]), abs=1e-6)
         assert scores.matrix("lens_next_logit").loc[h] == pytest.approx(np.mean(cent[h]), abs=1e-4)
     assert int(scores["n"].iloc[0]) == sum(len(range(n // 2 + 1, n - 1)) for n in lengths)
+    ch = scores.provenance["choices"]
+    assert ch["prompt_lengths"] == lengths
+    for row, positions in enumerate(ch["positions"]):
+        assert positions and max(positions) + 1 < lengths[row]
+        assert all(int(batch.clean[row, p + 1]) != pad for p in positions)
 
 
 @pytest.mark.smollm2

@@ -60,6 +60,14 @@ def smol():
     return headscope.load_model("smollm2-135m")
 
 
+def _line_end_tokens(tokenizer, ids):
+    """Independent of mcqa.py: the option lines end at the 2nd..5th newline-holding tokens
+    after the token holding "Question"."""
+    start = next(i for i in range(len(ids)) if "Question" in tokenizer.decode([ids[i]]))
+    newlines = [i for i in range(start, len(ids)) if "\n" in tokenizer.decode([ids[i]])]
+    return newlines[1:5]
+
+
 @pytest.mark.smollm2
 @pytest.mark.parametrize("chat", [False, True])
 def test_key_tokens_hold_letters_and_line_ends(smol, chat):
@@ -70,16 +78,14 @@ def test_key_tokens_hold_letters_and_line_ends(smol, chat):
     for it in val:
         letters = [smol.tokenizer.decode([it.ids[m]]).strip() for m in it.markers]
         assert letters == ["A", "B", "C", "D"]
-        # independent: the option lines end at the 2nd..5th newline-holding tokens after "Question:"
-        start = next(i for i in range(len(it.ids)) if "Question" in smol.tokenizer.decode([it.ids[i]]))
-        newlines = [i for i in range(start, len(it.ids)) if "\n" in smol.tokenizer.decode([it.ids[i]])]
-        assert it.eols == newlines[1:5]
+        assert it.eols == _line_end_tokens(smol.tokenizer, it.ids)
         assert it.keys("eol") == it.eols and it.keys("letter") == it.markers
         assert all(m < e for m, e in zip(it.markers, it.eols, strict=True))
 
 
 def _hf_scores(model, items):
-    """Raw HF, one unpadded prompt at a time: pre-RoPE q_proj/k_proj outputs per layer.
+    """Raw HF, one unpadded prompt at a time: pre-RoPE q_proj/k_proj outputs per layer, keys at
+    the line-end tokens found by :func:`_line_end_tokens` and at the letter tokens (decoded).
 
     Returns:
         (qk at the eol keys, qk at the letter keys), each (n_items, n_layers, n_heads, 4),
@@ -98,6 +104,10 @@ def _hf_scores(model, items):
     logits = np.zeros((len(items), 4))
     try:
         for n, it in enumerate(items):
+            eols = _line_end_tokens(model.tokenizer, it.ids)
+            starts = [i for i in range(len(it.ids)) if model.tokenizer.decode([it.ids[i]]).strip() in ("A", "B", "C", "D")
+                      and "\n" in model.tokenizer.decode(it.ids[i - 1:i])]
+            assert len(starts) == 4
             with torch.no_grad():
                 out = hf(torch.tensor([it.ids]))
             logits[n] = out.logits[0, -1, letters].numpy()
@@ -105,8 +115,8 @@ def _hf_scores(model, items):
                 q = seen[("q", layer)][-1].reshape(model.n_heads, d)  # (head, d_head) at the last token
                 k = seen[("k", layer)].reshape(-1, model.n_kv_heads, d)  # (pos, kv_head, d_head)
                 for h in range(model.n_heads):
-                    eol[n, layer, h] = (k[it.eols, h // group] @ q[h]).numpy()
-                    let[n, layer, h] = (k[it.markers, h // group] @ q[h]).numpy()
+                    eol[n, layer, h] = (k[eols, h // group] @ q[h]).numpy()
+                    let[n, layer, h] = (k[starts, h // group] @ q[h]).numpy()
     finally:
         for hk in hooks:
             hk.remove()

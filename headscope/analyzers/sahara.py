@@ -104,7 +104,7 @@ def representations(model: Any, tokens: torch.Tensor, last: torch.Tensor, interv
 
 @register_analyzer(
     "sahara",
-    summary="Sahara (Zhou et al. 2024): greedy head set that most rotates the last-layer representation subspace",
+    summary="Sahara (Zhou et al. 2024): greedy head set whose ablation most rotates the final hidden states' top singular subspace",
     tasks=("safety",),
     presets={"paper": PAPER_PRESET},
 )

@@ -35,7 +35,7 @@ affordable on real models), or an explicit list.
 
 Where headscope departs from the reference, whatever the options: prompts come from the
 ``safety`` task (chat template by default; the reference wraps each request as
-``"## Query:{request}\n## Answer:"``, attribution.py:41) and are run right-padded in batches
+``"## Query:{request}\\n## Answer:"``, attribution.py:41) and are run right-padded in batches
 (the reference runs one unpadded prompt at a time; under causal attention the last real token
 is unaffected); the reference's default search runs one step (``search_step=1``).
 

@@ -15,21 +15,22 @@ broken by ``attn_acc_val``, then by layer/head order); its *test* accuracy is re
 the model's own answer, the argmax of its next-token logits over the letters (`` A``, `` B``,
 ...; the leading-space form, else the bare letter), on the same test questions.
 
-Choices and where they come from. The paper's code is not public; the authors' follow-up
-("Think First, Then Select and Verify with Query-Key Alignment", repository
+Choices and where they come from. We did not find the paper's own code; the follow-up paper
+"Think First, Then Select and Verify with Query-Key Alignment" (anonymous repository
 ``yhn112/QK-resoning``, notebook ``HLE_MCQA_qwen3_14b.ipynb``, function ``do_calc_dev``)
 computes the same QK-score and is the reference cited here:
 
 - ``key="eol"`` (default, the paper's): the end-of-line token after each option's text (the
-  notebook indexes the last token of each ``"X. text\n"`` line; the paper's reviewers
-  describe the key as "the newline after the option text"). Under causal attention this is the
-  first token of the line that has seen the whole option. ``key="letter"``: the option letter
-  at the start of its line (headscope's earlier choice; that token has seen none of the
-  option's text).
-- ``qk="projected"`` (default, the paper's): ``q . k`` of the projected query and key
-  *before* rotary embeddings (the notebook hooks ``q_proj``/``k_proj`` outputs and takes the
-  raw dot product; the revised paper describes QK-scores "computed with RoPE removed"); on
-  the bridge these are ``hook_q``/``hook_k`` (under GQA the key of the query head's KV group).
+  notebook indexes the last token of each ``"X. text\\n"`` line; a reviewer of the ICLR 2025
+  submission on OpenReview summarises the key as "the newline after the option text"). Under
+  causal attention this is the first token of the line that has seen the whole option.
+  ``key="letter"``: the option letter at the start of its line (headscope's earlier choice;
+  that token has seen none of the option's text).
+- ``qk="projected"`` (default, the paper's): ``q . k`` of the projected query and key *before*
+  rotary embeddings (the notebook hooks ``q_proj``/``k_proj`` outputs and takes the raw dot
+  product; summaries of the revised paper, arXiv 2410.02343, describe the QK-scores as computed
+  without RoPE); on the bridge these are ``hook_q``/``hook_k`` (under GQA the key of the query
+  head's KV group).
   ``qk="scores"``: the pre-softmax attention score ``q . k / sqrt(d_head)`` after RoPE
   (``hook_attn_scores``). Scaling does not change the argmax; RoPE can.
 - Head selection: best validation accuracy, as the notebook's ``get_train_matrix`` (argmax

@@ -16,10 +16,10 @@ Key tokens of option ``j`` (``MCQAItem.keys(kind)``):
 
 - ``eol`` (``MCQAItem.eols``): the end-of-line token after the option's text, the key
   Tulchinskii et al. 2024 read: under causal attention it is the first token of the line that
-  has seen the whole option text (the reviewers' summary of the paper: "the newline after the
-  option text"; the authors' follow-up code ``yhn112/QK-resoning``,
+  has seen the whole option text (an OpenReview reviewer's summary of the paper: "the newline
+  after the option text"; the follow-up's code ``yhn112/QK-resoning``,
   ``HLE_MCQA_qwen3_14b.ipynb``, ``do_calc_dev``, indexes the last token of each
-  ``"X. text\n"`` line);
+  ``"X. text\\n"`` line);
 - ``letter`` (``MCQAItem.markers``): the token holding the option's letter at the start of its
   line; it has seen none of the option's text (kept for comparison).
 

@@ -79,21 +79,62 @@ def test_group_max_and_policy_gqa(tmp_path):
     task = make_task("induction", n_prompts=2, seq_len=16, n_repeats=2)
     per_head = run_analyzer("echo_induction", model, task)
     grouped = run_analyzer("echo_induction", model, task, kv_group="max")
-    m = per_head.matrix("echo").to_numpy()
-    np.testing.assert_allclose(grouped.matrix("echo").to_numpy(), group_max(m, model))
-    for heads in model.kv_groups().values():
-        assert np.allclose(grouped.matrix("echo").to_numpy()[:, heads].std(axis=1), 0)
-    policy = build_kv_policy(per_head, {"induction": 0.25})
-    n_total = model.n_layers * model.n_heads
-    assert len(policy["keep_full_kv_heads"]) == int(np.ceil(0.25 * n_total))
-    top = per_head.heads("induction", k=len(policy["keep_full_kv_heads"]))
-    assert sorted(top) == [(h["layer"], h["head"]) for h in policy["keep_full_kv_heads"]]
-    for h in policy["keep_full_kv_heads"]:
-        assert h["kv_head"] == model.kv_head(h["head"])
-    path = export_kv_policy(per_head, tmp_path / "kv.json")
-    assert json.loads(path.read_text())["fractions"] == {"echo": 0.01, "induction": 0.15}
+    m = per_head.matrix("echo").to_numpy()  # (2 layers, 4 query heads); KV head = head // 2
+    hand = np.repeat(m.reshape(2, 2, 2).max(-1), 2, axis=1)  # max over each KV group, per query head
+    np.testing.assert_allclose(grouped.matrix("echo").to_numpy(), hand)
+    np.testing.assert_allclose(group_max(m, model), hand)
     with pytest.raises(HeadscopeError):
         build_kv_policy(per_head, {"retrieval": 0.1})
+
+
+def _hand_policy(matrices, fractions, n_kv):
+    """Hand count: per metric, group max over query heads, top round(f * n_groups) groups, union."""
+    kept = set()
+    for metric, frac in fractions.items():
+        m = matrices[metric]  # (n_layers, n_heads)
+        g = m.reshape(m.shape[0], n_kv, -1).max(-1)  # (n_layers, n_kv)
+        order = sorted((-g[layer, kv], layer, kv) for layer in range(g.shape[0]) for kv in range(n_kv))
+        kept |= {(layer, kv) for _, layer, kv in order[: round(frac * g.size)]}
+    return kept
+
+
+@pytest.mark.parametrize("kv_group", ["none", "max"])
+def test_kv_policy_keeps_the_asked_share_of_kv_groups_on_gqa(tmp_path, kv_group):
+    model = load_model("toy-gqa")  # 2 layers x 4 query heads, 2 KV heads: 4 KV groups
+    task = make_task("induction", n_prompts=2, seq_len=16, n_repeats=2)
+    scores = run_analyzer("echo_induction", model, task, kv_group=kv_group)
+    ind = scores.matrix("induction").to_numpy()
+    policy = build_kv_policy(scores, {"induction": 0.25})
+    kept = {(g["layer"], g["kv_head"]) for g in policy["keep_full_kv_groups"]}
+    assert kept == _hand_policy({"induction": ind}, {"induction": 0.25}, 2) and len(kept) == 1
+    assert policy["n_kv_groups_total"] == 4 and policy["kept_kv_share"] == 0.25
+    # every query head of a kept group, and only those, is listed with its KV head
+    want = sorted((layer, h) for layer, kv in kept for h in range(4) if h // 2 == kv)
+    assert sorted((h["layer"], h["head"]) for h in policy["keep_full_kv_heads"]) == want
+    assert all(h["kv_head"] == model.kv_head(h["head"]) for h in policy["keep_full_kv_heads"])
+    if kv_group == "none":  # here the top 25% of *query* heads would hold 2 of the 4 KV groups
+        top_q = np.argsort(-ind, axis=None, kind="stable")[:2]
+        assert len({(int(i) // 4, int(i) % 4 // 2) for i in top_q}) == 2
+    path = export_kv_policy(scores, tmp_path / "kv.json")
+    saved = json.loads(path.read_text())
+    assert saved["fractions"] == {"echo": 0.01, "induction": 0.14}
+    # defaults on 4 groups: echo round(0.04) = 0 groups, induction round(0.56) = 1 group
+    both = {"echo": scores.matrix("echo").to_numpy(), "induction": ind}
+    assert {(g["layer"], g["kv_head"]) for g in saved["keep_full_kv_groups"]} == _hand_policy(
+        both, {"echo": 0.01, "induction": 0.14}, 2)
+
+
+@pytest.mark.smollm2
+def test_smollm2_default_kv_policy_keeps_razorattention_share(smollm2):
+    task = make_task("induction", n_prompts=2, seq_len=24, n_repeats=2)
+    scores = run_analyzer("echo_induction", smollm2, task)
+    policy = build_kv_policy(scores)  # echo 1%, induction 14% of the 30 x 3 = 90 KV groups
+    both = {m: scores.matrix(m).to_numpy() for m in ("echo", "induction")}
+    hand = _hand_policy(both, {"echo": 0.01, "induction": 0.14}, smollm2.n_kv_heads)
+    kept = {(g["layer"], g["kv_head"]) for g in policy["keep_full_kv_groups"]}
+    assert kept == hand and 13 <= len(kept) <= 14  # round(0.9) = 1 echo + round(12.6) = 13 induction groups
+    assert len(policy["keep_full_kv_heads"]) == 3 * len(kept)
+    assert policy["kept_kv_share"] == pytest.approx(len(kept) / 90)
 
 
 def test_cli_exports_kv_policy(tmp_path):

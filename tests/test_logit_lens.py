@@ -4,6 +4,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,6 +65,83 @@ def test_analyzer_finds_planted_induction_head():
     assert scores.heads("lens_next_topk", k=1) == [planted]
     assert scores.heads("lens_next_logit", k=1) == [planted]
     assert scores.provenance["choices"]["ln"] == "residual"
+
+
+PADDED_ROWS = [
+    ("one two three four five six seven eight one two three four five six",
+     "one two three four five six seven eight one two three four five seven", " seven", " six"),
+    ("May June July May June", "May June July May July", " July", " May"),
+    ("A B C D A B C", "A B C D A B D", " D", " A"),
+    ("the and of is a the and of", "the and of is a the and is", " is", " a"),
+]
+
+
+@torch.no_grad()
+def _hand_lens(model, ids, heads, top_k):
+    """Per-head (hits, centred logits) over the second half of one unpadded prompt ``ids``."""
+    tokens = torch.tensor([ids])
+    _, cache = model.bridge.run_with_cache(tokens)
+    ln = model.bridge.ln_final._original_component
+    resid = cache[f"blocks.{model.n_layers - 1}.hook_resid_post"][0]
+    sd = torch.sqrt(resid.var(-1, unbiased=False, keepdim=True) + ln.eps)  # (pos, 1)
+    n = len(ids)
+    out = {h: ([], []) for h in heads}
+    for p in range(n // 2 + 1, n - 1):
+        for layer, h in heads:
+            r = cache[f"blocks.{layer}.attn.hook_z"][0, p, h] @ model.bridge.blocks[layer].attn.W_O[h]
+            lg = ((r - r.mean()) / sd[p] * ln.weight) @ model.bridge.W_U
+            own = lg[ids[p + 1]]
+            out[(layer, h)][0].append(float(int((lg >= own).sum()) - 1 < top_k))  # ties count against
+            out[(layer, h)][1].append(float(own - lg.mean()))
+    return out
+
+
+def test_padding_is_never_scored(copying, tmp_path):
+    import csv
+
+    path = tmp_path / "rows.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["clean", "corrupted", "answer", "wrong"])
+        w.writerows(PADDED_ROWS)
+    task = make_task("user_file", path=str(path))
+    batch = task.batch(copying)
+    pad = copying.tokenizer.pad_token_id
+    lengths = (batch.end + 1).tolist()
+    assert (batch.clean == pad).any()  # the batch is right-padded
+    scores = run_analyzer("logit_lens", copying, task, top_k=3, max_positions=16, max_prompts=4, preset="paper")
+    # independent: each prompt alone, unpadded, hand-written lens
+    heads = [(1, 1), (0, 0), (1, 0)]
+    hits = {h: [] for h in heads}
+    cent = {h: [] for h in heads}
+    for row, n in enumerate(lengths):
+        for h, (a, b) in _hand_lens(copying, batch.clean[row, :n].tolist(), heads, 3).items():
+            hits[h] += a
+            cent[h] += b
+    for h in heads:
+        assert scores.matrix("lens_next_topk").loc[h] == pytest.approx(np.mean(hits[h]), abs=1e-6)
+        assert scores.matrix("lens_next_logit").loc[h] == pytest.approx(np.mean(cent[h]), abs=1e-4)
+    assert int(scores["n"].iloc[0]) == sum(len(range(n // 2 + 1, n - 1)) for n in lengths)
+    ch = scores.provenance["choices"]
+    assert ch["prompt_lengths"] == lengths
+    for row, positions in enumerate(ch["positions"]):
+        assert positions and max(positions) + 1 < lengths[row]
+        assert all(int(batch.clean[row, p + 1]) != pad for p in positions)
+
+
+@pytest.mark.smollm2
+def test_smollm2_default_ioi_scores_no_padding_target(smollm2):
+    from headscope.tasks.contrastive import pad_id
+
+    task = make_task("ioi")
+    batch = task.batch(smollm2)
+    scores = run_analyzer("logit_lens", smollm2, task)
+    ch = scores.provenance["choices"]
+    pad = pad_id(smollm2)
+    assert (batch.clean[: len(ch["positions"])] == pad).any()  # padding exists in the rows scored
+    for row, positions in enumerate(ch["positions"]):
+        assert max(positions) + 1 <= int(batch.end[row])
+        assert all(int(batch.clean[row, p + 1]) != pad for p in positions)
 
 
 def test_cli_decode_writes_tidy_parquet(tmp_path, capsys):

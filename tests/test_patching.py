@@ -4,6 +4,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -49,6 +50,67 @@ def test_toy_all_pos_and_by_pos_equal_transformer_lens(toy):
     assert (by_pos.permute(0, 2, 1) - tl_pos).abs().max() <= 1e-4
     # planted: the induction head 1.0 restores the answer, far more than any other head
     assert ours[1, 0] > 5 * ours.flatten()[[0, 1, 3]].abs().max()
+
+
+def _hand_patch_at(model, batch, layer, head, where):
+    """Exact denoising patch of one head's z at one position per row, by a bridge hook."""
+    _, cache = model.bridge.run_with_cache(batch.clean)
+    clean_z = cache[f"blocks.{layer}.attn.hook_z"]
+    rows = torch.arange(batch.n)
+
+    def patch(z, hook):
+        z = z.clone()
+        z[rows, where, head] = clean_z[rows, where, head]
+        return z
+
+    def metric(tokens, hooks):
+        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        return float(batch.logit_diff(logits[rows, batch.end]).mean())
+
+    clean, corr = metric(batch.clean, []), metric(batch.corrupted, [])
+    patched = metric(batch.corrupted, [(f"blocks.{layer}.attn.hook_z", patch)])
+    return (patched - corr) / (clean - corr)
+
+
+def _spearman(a, b):
+    """Pearson correlation of average ranks (ties share their mean rank); None if a side is constant."""
+
+    def ranks(x):
+        x = np.asarray(x, dtype=float).ravel()
+        r = np.empty(len(x))
+        r[np.argsort(x, kind="stable")] = np.arange(len(x))
+        for v in np.unique(x):
+            r[x == v] = r[x == v].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_attribution_compare_exact_at_named_positions(toy):
+    task = InductionContrastTask(n_prompts=4, seq_len=6)
+    batch = task.batch(toy)
+    with torch.no_grad():
+        res = run_analyzer("attribution_patching", toy, task, positions="named", compare_exact=True)
+    corr = res.provenance["choices"]["rank_correlation_with_exact"]
+    assert set(corr) == set(batch.positions) == {"PREV", "END"}
+    for name in batch.positions:
+        rows = res[res.position == name]
+        exact = rows.pivot(index="layer", columns="head", values="exact").to_numpy()
+        for layer, head in ((1, 0), (0, 1), (1, 1)):
+            with torch.no_grad():
+                want = _hand_patch_at(toy, batch, layer, head, batch.positions[name])
+            assert exact[layer, head] == pytest.approx(want, abs=1e-4), (name, layer, head)
+        score = rows.pivot(index="layer", columns="head", values="score").to_numpy()
+        want = _spearman(score, exact)
+        assert corr[name] == (None if want is None else pytest.approx(want, abs=1e-9))
+    assert corr["PREV"] is None  # no later layer reads PREV's head outputs: exact patching is 0 there
+    assert corr["END"] > 0.9
+    whole = run_analyzer("attribution_patching", toy, task, compare_exact=True, preset="paper")
+    assert isinstance(whole.provenance["choices"]["rank_correlation_with_exact"], float)
+    assert whole["exact"].notna().all()
 
 
 @pytest.mark.smollm2

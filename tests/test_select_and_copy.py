@@ -1,4 +1,5 @@
-"""Select-and-copy heads on MCQA: data/splits, marker location, QK scores against a hand computation."""
+"""Select-and-copy heads on MCQA: data/splits, key-token location, and the paper preset (end-of-line
+keys, pre-RoPE QK) against a raw Hugging Face computation with q_proj/k_proj hooks."""
 
 import json
 import os
@@ -60,9 +61,17 @@ def smol():
     return headscope.load_model("smollm2-135m")
 
 
+def _line_end_tokens(tokenizer, ids):
+    """Independent of mcqa.py: the option lines end at the 2nd..5th newline-holding tokens
+    after the token holding "Question"."""
+    start = next(i for i in range(len(ids)) if "Question" in tokenizer.decode([ids[i]]))
+    newlines = [i for i in range(start, len(ids)) if "\n" in tokenizer.decode([ids[i]])]
+    return newlines[1:5]
+
+
 @pytest.mark.smollm2
 @pytest.mark.parametrize("chat", [False, True])
-def test_markers_hold_option_letters(smol, chat):
+def test_key_tokens_hold_letters_and_line_ends(smol, chat):
     task = make_task("mcqa", n_val=4, chat=chat)
     val, _ = task.split(smol)
     text = smol.tokenizer.decode(val[0].ids)
@@ -70,29 +79,98 @@ def test_markers_hold_option_letters(smol, chat):
     for it in val:
         letters = [smol.tokenizer.decode([it.ids[m]]).strip() for m in it.markers]
         assert letters == ["A", "B", "C", "D"]
+        assert it.eols == _line_end_tokens(smol.tokenizer, it.ids)
+        assert it.keys("eol") == it.eols and it.keys("letter") == it.markers
+        assert all(m < e for m, e in zip(it.markers, it.eols, strict=True))
+
+
+def _hf_scores(model, items):
+    """Raw HF, one unpadded prompt at a time: pre-RoPE q_proj/k_proj outputs per layer, keys at
+    the line-end tokens found by :func:`_line_end_tokens` and at the letter tokens (decoded).
+
+    Returns:
+        (qk at the eol keys, qk at the letter keys), each (n_items, n_layers, n_heads, 4),
+        and the model's letter logits (n_items, 4) at the last token.
+    """
+    hf = model.bridge.original_model
+    d, group = model.d_head, model.n_heads // model.n_kv_heads
+    seen = {}
+    hooks = []
+    for i, layer in enumerate(hf.model.layers):
+        hooks.append(layer.self_attn.q_proj.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(("q", i), o[0])))
+        hooks.append(layer.self_attn.k_proj.register_forward_hook(lambda m, a, o, i=i: seen.__setitem__(("k", i), o[0])))
+    letters = [model.tokenizer.encode(" " + c, add_special_tokens=False)[-1] for c in "ABCD"]
+    eol = np.zeros((len(items), model.n_layers, model.n_heads, 4))
+    let = np.zeros_like(eol)
+    logits = np.zeros((len(items), 4))
+    try:
+        for n, it in enumerate(items):
+            eols = _line_end_tokens(model.tokenizer, it.ids)
+            starts = [i for i in range(len(it.ids)) if model.tokenizer.decode([it.ids[i]]).strip() in ("A", "B", "C", "D")
+                      and "\n" in model.tokenizer.decode(it.ids[i - 1:i])]
+            assert len(starts) == 4
+            with torch.no_grad():
+                out = hf(torch.tensor([it.ids]))
+            logits[n] = out.logits[0, -1, letters].numpy()
+            for layer in range(model.n_layers):
+                q = seen[("q", layer)][-1].reshape(model.n_heads, d)  # (head, d_head) at the last token
+                k = seen[("k", layer)].reshape(-1, model.n_kv_heads, d)  # (pos, kv_head, d_head)
+                for h in range(model.n_heads):
+                    eol[n, layer, h] = (k[eols, h // group] @ q[h]).numpy()
+                    let[n, layer, h] = (k[starts, h // group] @ q[h]).numpy()
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return eol, let, logits
 
 
 @pytest.mark.smollm2
-def test_qk_scores_match_hand_computation_and_analyzer(smol, tmp_path):
-    qs = load_json("mcqa.json")["questions"][:8]
+def test_paper_preset_matches_raw_hf_qk_at_line_ends(smol, tmp_path):
+    qs = load_json("mcqa.json")["questions"][:10]
     path = tmp_path / "q.json"
     path.write_text(json.dumps(qs))
-    task = make_task("mcqa", path=str(path), n_val=4)
+    task = make_task("mcqa", path=str(path), n_val=5)
     val, test = task.split(smol)
-    qk, att = option_scores(smol, val[:2])
-    layer, head = 20, 4
-    it = val[1]
-    _, cache = smol.bridge.run_with_cache(torch.tensor([it.ids]))
-    q = cache[f"blocks.{layer}.attn.hook_rot_q"][0, -1, head]  # (d_head,)
-    k = cache[f"blocks.{layer}.attn.hook_rot_k"][0, :, smol.kv_head(head)]  # (pos, d_head)
-    ref = (k[it.markers] @ q / smol.d_head**0.5).detach().numpy()
-    assert np.allclose(qk[1, layer, head], ref, atol=1e-3)
-    assert np.allclose(att[1].sum(-1) <= 1.0 + 1e-5, True)
+    hand_eol, hand_letter, hand_logits = _hf_scores(smol, val + test)
+    qk, att = option_scores(smol, val + test, key="eol", qk="projected")
+    np.testing.assert_allclose(qk, hand_eol, rtol=1e-3, atol=1e-3)
+    assert np.allclose(att.sum(-1) <= 1.0 + 1e-5, True)
+    qk_letter, _ = option_scores(smol, val + test, key="letter", qk="projected")
+    np.testing.assert_allclose(qk_letter, hand_letter, rtol=1e-3, atol=1e-3)
 
-    scores = run_analyzer("select_and_copy", smol, task)
-    ch = scores.provenance["choices"]
-    val_acc = scores.matrix("qk_acc_val")
-    assert val_acc.values.max() == pytest.approx(val_acc.loc[tuple(map(int, ch["best_qk_head"].split(".")))])
-    for key in ("test_acc_best_qk_head", "test_acc_best_attn_head", "test_acc_model_letters"):
-        assert 0.0 <= ch[key] <= 1.0
-    assert ch["n_test"] == 4
+    # the post-RoPE convention reads hook_attn_scores: check it at the eol keys on one item
+    it = val[1]
+    scores, _ = option_scores(smol, [it], key="eol", qk="scores")
+    _, cache = smol.bridge.run_with_cache(torch.tensor([it.ids]))
+    for layer, head in ((20, 4), (3, 1)):
+        q = cache[f"blocks.{layer}.attn.hook_rot_q"][0, -1, head]
+        k = cache[f"blocks.{layer}.attn.hook_rot_k"][0, :, smol.kv_head(head)]
+        ref = (k[it.eols] @ q / smol.d_head**0.5).detach().numpy()
+        np.testing.assert_allclose(scores[0, layer, head], ref, atol=1e-3)
+
+    gold = np.array([i.answer for i in val + test])[:, None, None]
+    acc_eol = hand_eol.argmax(-1) == gold  # (item, layer, head)
+    acc_letter = hand_letter.argmax(-1) == gold
+    assert (acc_eol != acc_letter).any()  # the two key choices give different head answers
+    res = run_analyzer("select_and_copy", smol, task, preset="paper")
+    assert res.provenance["preset_options"] == {"key": "eol", "qk": "projected"}
+    nv = len(val)
+    np.testing.assert_allclose(res.matrix("qk_acc_val").to_numpy(), acc_eol[:nv].mean(0))
+    np.testing.assert_allclose(res.matrix("qk_acc_test").to_numpy(), acc_eol[nv:].mean(0))
+    ch = res.provenance["choices"]
+    model_acc = (hand_logits[nv:].argmax(-1) == gold[nv:, 0, 0]).mean()
+    assert ch["test_acc_model_letters"] == pytest.approx(model_acc)
+    val_acc = acc_eol[:nv].mean(0)
+    best = tuple(map(int, ch["best_qk_head"].split(".")))
+    assert val_acc[best] == val_acc.max()
+    assert ch["test_acc_best_qk_head"] == pytest.approx(acc_eol[nv:].mean(0)[best])
+    letter = run_analyzer("select_and_copy", smol, task, key="letter")
+    np.testing.assert_allclose(letter.matrix("qk_acc_val").to_numpy(), acc_letter[:nv].mean(0))
+
+
+def test_bad_key_or_qk_is_one_line_error():
+    model = headscope.load_model("toy-induction")
+    with pytest.raises(HeadscopeError, match="key must be one of eol, letter"):
+        run_analyzer("select_and_copy", model, make_task("mcqa"), key="marker")
+    with pytest.raises(HeadscopeError, match="qk must be one of projected, scores"):
+        run_analyzer("select_and_copy", model, make_task("mcqa"), qk="rope")

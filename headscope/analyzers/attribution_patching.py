@@ -4,9 +4,17 @@ one clean forward, one corrupted forward and one backward pass (Nanda 2023; Syed
 ``score = sum_{pos, d} (z_clean - z_corr) * dM/dz |_corrupted``, averaged over prompts and
 normalised like activation patching by ``(clean - corrupted)`` of the metric, so it estimates
 the normalised denoising patch of each head. ``compare_exact=True`` also runs exact patching
-(:mod:`headscope.analyzers.activation_patching`) and records the Spearman rank correlation
-between the two in provenance (``choices.rank_correlation_with_exact``) and an
-``exact`` column.
+(:mod:`headscope.analyzers.activation_patching`) at the same positions -- all positions at
+once, or each named position of the task (``positions="named"``) -- and records an ``exact``
+column and the Spearman rank correlation between the two in provenance
+(``choices.rank_correlation_with_exact``: a number for ``all``, ``{position: number}`` for
+``named``; None where either side is constant, e.g. exact patching at a position no later
+component reads).
+
+Reference: Nanda's attribution-patching demo (``TransformerLensOrg/TransformerLens``,
+``demos/Attribution_Patching_Demo.ipynb``: ``get_cache_fwd_and_bwd`` caches the corrupted run's
+gradients; the per-head ``z`` attribution is ``(clean - corrupted) * corrupted_grad`` summed
+over d_head and positions). Preset ``paper``: ``act=z``, ``positions=all``.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from headscope.results import HeadScores, build_provenance
     "attribution_patching",
     summary="gradient (attribution) patching of every head in one backward pass; rank-checked vs exact",
     tasks=CONTRASTIVE_TASKS,
+    presets={"paper": {"act": "z", "positions": "all"}},
 )
 def attribution_patching(
     model: Any,
@@ -44,7 +53,8 @@ def attribution_patching(
         task: a contrastive task.
         act: ``z``, ``q``, ``k`` or ``v`` (k/v per KV head under GQA).
         positions: ``all`` or ``named`` (one metric per named position).
-        compare_exact: also run exact activation patching and record the rank correlation.
+        compare_exact: also run exact activation patching at the same positions (all, or each
+            named position) and record the rank correlation.
         progress: progress bar for the exact comparison.
     """
     if act not in ("z", "q", "k", "v"):
@@ -71,20 +81,26 @@ def attribution_patching(
         "corrupted_metric": float(out["corrupted"].mean()),
         "clean_fraction_correct": float((out["clean"] > 0).float().mean()),
     }
-    exact = None
-    if compare_exact and positions == "all":
+    exact: dict[str, torch.Tensor] = {}
+    if compare_exact:
         with torch.inference_mode():
-            exact = patch_all_heads(engine, batch.clean, batch.corrupted, act=act).normalized()[:, :, 0]
+            res = patch_all_heads(engine, batch.clean, batch.corrupted, act=act,
+                                  positions=None if positions == "all" else batch.positions)
+        norm = res.normalized()  # (layer, unit, position)
+        exact = {name: norm[:, :, p] for p, name in enumerate(res.position_names)}
+    corr: dict[str, float | None] = {}
     parts = []
     for name, vals in per_label.items():
         score = (vals.mean(1) / denom).numpy()[:, unit_of]
         extra: dict[str, Any] = {"kv_head": kv, "n": batch.n, "position": name}
-        if exact is not None:
-            extra["exact"] = exact.numpy()[:, unit_of]
-            choices["rank_correlation_with_exact"] = rank_correlation(torch.tensor(score), exact[:, unit_of])
+        if exact:
+            extra["exact"] = exact[name].numpy()[:, unit_of]
+            corr[name] = rank_correlation(torch.tensor(score), exact[name][:, unit_of])
         metric = f"{act}_attribution" if name == "all" else f"{act}_attribution@{name}"
         parts.append(HeadScores.from_matrix(score, model=model.spec, task=task.name, analyzer="attribution_patching",
                                             metric=metric, extra=extra))
+    if corr:
+        choices["rank_correlation_with_exact"] = corr["all"] if positions == "all" else corr
     info = task.describe()
     provenance = build_provenance(
         model, task=info, analyzer="attribution_patching",

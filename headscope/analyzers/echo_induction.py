@@ -17,6 +17,17 @@ with the ``kv_head`` column), ``kv_group="none"`` keeps the per-query-head score
 Choices (recorded in provenance): query rows = all positions of copies 2..n (not BOS, not
 copy 1); masks from the actual tokens; BOS as in the task; the per-KV-group reduction.
 Patterns are reduced inside the hook (no pattern is cached).
+
+Reference: Huawei's implementation, ``mindspore-ai/golden-stick`` (commit a50ddc9),
+``mindspore_gs/experimental/long_context_compress/razor_attention/``: the input is one sequence
+of 2500 random token ids repeated 4 times after BOS (``razor_attention.py:39-40, 139-142``; here
+``-o seq_len=... -o n_repeats=4`` on the ``induction`` task); each head's score is the mean of
+its attention matrix times the echo / induction mask (``attention_wrappers.py:101-119``), which
+is headscope's mean over query rows times a constant (the reference's masks ignore the BOS
+shift, so one extra row of copy 1 counts; negligible at its length); scores are reduced to the maximum over each KV group
+(``attention_wrappers.py:131-143``), which is ``kv_group="max"``. Preset ``paper``:
+``kv_group=max``. The KV-cache policy (``--export-kv-policy``, :mod:`.kv_policy`) ranks KV groups
+and keeps echo 1% and induction 14% of them by default, as the reference does.
 """
 
 from __future__ import annotations
@@ -71,6 +82,7 @@ def group_max(values: np.ndarray, model: Any) -> np.ndarray:
     "echo_induction",
     summary="RazorAttention echo and induction scores on repeated random tokens (per head or KV group)",
     tasks=("induction",),
+    presets={"paper": {"kv_group": "max"}},
 )
 def echo_induction(
     model: Any,

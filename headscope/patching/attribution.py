@@ -80,8 +80,12 @@ def attribution_scores(
     }
 
 
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two equally-shaped tensors (average ranks for ties)."""
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Spearman rank correlation of two equally-shaped tensors (average ranks for ties).
+
+    Returns None when either side is constant (the correlation is undefined there, e.g. exact
+    patching at a position no later component reads).
+    """
 
     def ranks(x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1).double()
@@ -96,4 +100,6 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
     ra, rb = ranks(a), ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
+    if float(ra.norm()) == 0.0 or float(rb.norm()) == 0.0:
+        return None
     return float((ra * rb).sum() / (ra.norm() * rb.norm()))

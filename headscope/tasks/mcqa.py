@@ -12,7 +12,20 @@ Prompt (chat template not used)::
     ...
     Answer:
 
-The option *marker* of option ``j`` is the token that holds its letter at the start of its line.
+Key tokens of option ``j`` (``MCQAItem.keys(kind)``):
+
+- ``eol`` (``MCQAItem.eols``): the end-of-line token after the option's text, the key
+  Tulchinskii et al. 2024 read: under causal attention it is the first token of the line that
+  has seen the whole option text (an OpenReview reviewer's summary of the paper: "the newline
+  after the option text"; the follow-up's code ``yhn112/QK-resoning``,
+  ``HLE_MCQA_qwen3_14b.ipynb``, ``do_calc_dev``, indexes the last token of each
+  ``"X. text\\n"`` line);
+- ``letter`` (``MCQAItem.markers``): the token holding the option's letter at the start of its
+  line; it has seen none of the option's text (kept for comparison).
+
+Departures from the paper's prompt: no ``Options:`` line before the options; questions are
+ours (``data/mcqa.json`` and :mod:`headscope.tasks.mcqa_generated`), not MMLU and the like.
+
 Choices (recorded): built-in questions have their options rotated so the correct letters cycle
 A, B, C, D (no letter prior helps); the questions are shuffled (seeded) and split into a
 validation part (``n_val``) used to choose heads and a test part used to report accuracy.
@@ -62,14 +75,29 @@ def load_questions(path: str | None) -> list[dict[str, Any]]:
     return rows
 
 
+KEY_TOKENS: tuple[str, ...] = ("eol", "letter")
+
+
 @dataclass
 class MCQAItem:
-    """One formatted question: its token ids, option-marker positions and correct index."""
+    """One formatted question: token ids, key positions per option and the correct index.
+
+    Attributes:
+        markers: per option, the position of the token holding its letter.
+        eols: per option, the position of the end-of-line token after its text.
+    """
 
     ids: list[int]
     markers: list[int]
     answer: int
     n_options: int
+    eols: list[int] = field(default_factory=list)
+
+    def keys(self, kind: str = "eol") -> list[int]:
+        """Key positions of the options: ``eol`` (end-of-line tokens) or ``letter`` (markers)."""
+        if kind not in KEY_TOKENS:
+            raise HeadscopeError(f"key must be one of {', '.join(KEY_TOKENS)}; got '{kind}'.")
+        return self.eols if kind == "eol" else self.markers
 
 
 CHAT_INSTRUCTION = "Answer with the letter of the correct option."
@@ -128,12 +156,14 @@ class MCQATask:
         return [out[i] for i in order]
 
     def item(self, model: Any, q: dict[str, Any]) -> MCQAItem:
-        """Format and tokenize one question, locating the option markers by character offsets."""
+        """Format and tokenize one question, locating each option's letter and end-of-line
+        tokens by character offsets."""
         text = f"Question: {q['question']}\n"
-        letter_at = []
+        letter_at, eol_at = [], []
         for j, opt in enumerate(q["options"]):
             letter_at.append(len(text))
             text += f"{LETTERS[j]}. {opt}\n"
+            eol_at.append(len(text) - 1)
         bos = [model.bos_token_id] if model.prepend_bos and model.bos_token_id is not None else []
         if self.uses_chat(model):
             user = text + CHAT_INSTRUCTION
@@ -143,19 +173,23 @@ class MCQATask:
             if shift < 0:
                 raise HeadscopeError("the chat template rewrites the question text; run the mcqa task with chat=false.")
             letter_at = [c + shift for c in letter_at]
+            eol_at = [c + shift for c in eol_at]
             text, bos = prefix + "Answer:", []  # the template carries its own special tokens
         else:
             text += "Answer:"
         enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
-        markers = []
-        for c in letter_at:
+
+        def token_at(c: int, what: str) -> int:
             hit = [t for t, (s, e) in enumerate(offsets) if s <= c < e]
             if not hit:
-                raise HeadscopeError(f"cannot locate option marker in the tokenization of {q['question']!r}.")
-            markers.append(hit[0] + len(bos))
+                raise HeadscopeError(f"cannot locate the option {what} in the tokenization of {q['question']!r}.")
+            return hit[0] + len(bos)
+
+        markers = [token_at(c, "letter") for c in letter_at]
+        eols = [token_at(c, "end-of-line token") for c in eol_at]
         model.check_length(len(ids) + len(bos))
-        return MCQAItem(bos + ids, markers, int(q["answer"]), len(q["options"]))
+        return MCQAItem(bos + ids, markers, int(q["answer"]), len(q["options"]), eols)
 
     def split(self, model: Any) -> tuple[list[MCQAItem], list[MCQAItem]]:
         """(validation items, test items)."""

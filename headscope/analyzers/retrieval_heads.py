@@ -116,10 +116,64 @@ def needle_accuracy(model: Any, trials: list[Any], max_new: list[int], reference
     return ok / max(1, len(trials))
 
 
+def trial_units(model: Any, task: Any, options: dict[str, Any]) -> list[int]:
+    """Every needle trial of a run (its ``trials`` option, default all), the units of a shard."""
+    chosen = options.get("trials")
+    return sorted({int(i) for i in chosen}) if chosen is not None else list(range(len(task.trials(model))))
+
+
+def summarize(scores: np.ndarray, records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Counts of trials and of heads above ``threshold`` (the provenance ``summary``)."""
+    n_counted = sum(bool(r["counted"]) for r in records)
+    return {
+        "n_trials": len(records),
+        "n_counted": n_counted,
+        "accuracy": n_counted / max(1, len(records)),
+        f"fraction_heads_above_{threshold}": float((scores > threshold).mean()),
+        "n_heads_above_threshold": int((scores > threshold).sum()),
+    }
+
+
+def retrieval_scores(model: Any, task: Any, scores: np.ndarray, n_counted: int, provenance: dict[str, Any]) -> HeadScores:
+    """The ``retrieval`` metric rows (``n`` = counted trials)."""
+    return HeadScores.from_matrix(scores, model=model.spec, task=task.name, analyzer="retrieval_heads", metric="retrieval",
+                                  extra={"n": n_counted, "kv_head": model.kv_head_matrix()}, provenance=provenance)
+
+
+def merge_shards(parts: list[HeadScores]) -> HeadScores:
+    """Merge retrieval-head shards (each a set of needle trials): a head's score is the mean over
+    all counted trials, i.e. the parts' scores weighted by their counted trials ``n``; the trial
+    records are concatenated in trial order and the summary recomputed."""
+    prov = dict(parts[0].provenance)
+    counts = [int(p["n"].iloc[0]) for p in parts]
+    total = sum(p["score"].to_numpy() * n for p, n in zip(parts, counts, strict=True))
+    n_counted = sum(counts)
+    scores = total / n_counted if n_counted else total
+    records = sorted((r for p in parts for r in p.provenance["choices"]["trials"]), key=lambda r: r["trial"])
+    choices = dict(prov["choices"])
+    choices["trials"] = records
+    choices["summary"] = summarize(scores, records, float(prov["options"]["threshold"]))
+    prov["choices"] = choices
+    out = HeadScores(parts[0].reset_index(drop=True).copy())
+    out["score"] = scores
+    out["n"] = n_counted
+    out.provenance = prov
+    return out
+
+
+def _shard_spec() -> Any:
+    from headscope.scale.spec import ShardSpec
+
+    return ShardSpec(unit="needle trial", options=("trials",), units=trial_units,
+                     restrict=lambda mine: {"trials": [int(u) for u in mine]},  # type: ignore[arg-type]
+                     merge=merge_shards)
+
+
 @register_analyzer(
     "retrieval_heads",
     summary="retrieval score (Wu et al. 2024): copy-paste attention from the needle during greedy decoding",
     tasks=("needle",),
+    shard=_shard_spec(),
 )
 def retrieval_heads(
     model: Any,
@@ -131,6 +185,7 @@ def retrieval_heads(
     mask_k: int = 10,
     n_random: int = 3,
     seed: int = 0,
+    trials: list[int] | None = None,
     progress: bool = False,
 ) -> HeadScores:
     """Retrieval score of every query head, optionally with the masking causal check.
@@ -144,6 +199,7 @@ def retrieval_heads(
         max_new_tokens: decoding budget per trial (default: needle tokens + 8).
         check_masking: run the causal check (top ``mask_k`` vs random heads, ``n_random`` seeds).
         seed: seed of the random head draws.
+        trials: only these trial indices of the task's grid (default all), e.g. one shard's.
         progress: show progress bars.
 
     Returns:
@@ -152,40 +208,44 @@ def retrieval_heads(
     """
     if rouge_reference not in ("needle", "answer"):
         raise HeadscopeError("rouge_reference must be 'needle' or 'answer'.")
-    trials = task.trials(model)
-    budgets = [max_new_tokens or (t.needle_span[1] - t.needle_span[0] + 8) for t in trials]
+    every = task.trials(model)
+    if trials is not None:
+        bad = [i for i in trials if not 0 <= int(i) < len(every)]
+        if bad:
+            raise HeadscopeError(f"trial {bad[0]} is out of range: the task has trials 0..{len(every) - 1}.")
+        if check_masking:
+            raise HeadscopeError("check_masking needs every trial's scores: run it without trials= or sharding "
+                                 "(e.g. on the merged result's top heads with `headscope ablate`).")
+    indices = list(range(len(every))) if trials is None else sorted({int(i) for i in trials})
+    chosen = [every[i] for i in indices]
+    budgets = [max_new_tokens or (t.needle_span[1] - t.needle_span[0] + 8) for t in chosen]
     shape = (model.n_layers, model.n_heads)
     total = np.zeros(shape)
     records = []
-    for trial, n_new in progress_bar(list(zip(trials, budgets, strict=True)), "retrieval", enabled=progress):
+    for index, trial, n_new in progress_bar(list(zip(indices, chosen, budgets, strict=True)), "retrieval",
+                                            enabled=progress):
         text, copied = greedy_decode(model, trial, n_new)
         reference = trial.needle if rouge_reference == "needle" else trial.answer
         recall = rouge1_recall(text, reference)
         counted = recall > 0.5
         if counted:
             total += copied / (trial.needle_span[1] - trial.needle_span[0])
-        records.append({"context_len": trial.context_len, "depth": trial.depth, "needle": trial.needle,
+        records.append({"trial": index, "context_len": trial.context_len, "depth": trial.depth, "needle": trial.needle,
                         "response": text, "rouge1_recall": round(recall, 4), "counted": bool(counted)})
     n_counted = sum(r["counted"] for r in records)
     scores = total / n_counted if n_counted else total
-    summary = {
-        "n_trials": len(trials),
-        "n_counted": n_counted,
-        "accuracy": n_counted / max(1, len(trials)),
-        f"fraction_heads_above_{threshold}": float((scores > threshold).mean()),
-        "n_heads_above_threshold": int((scores > threshold).sum()),
-    }
+    summary = summarize(scores, records, threshold)
     causal = None
     if check_masking:
-        causal = masking_check(model, trials, budgets, scores, mask_k, n_random, threshold, seed,
+        causal = masking_check(model, chosen, budgets, scores, mask_k, n_random, threshold, seed,
                                rouge_reference, progress, base_accuracy=summary["accuracy"])
-    kv = model.kv_head_matrix()
     provenance = build_provenance(
         model,
         task=task.describe(),
         analyzer="retrieval_heads",
         options={"threshold": threshold, "rouge_reference": rouge_reference, "max_new_tokens": max_new_tokens,
-                 "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed},
+                 "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed,
+                 "trials": trials},
         choices={
             "decoding": "greedy with the KV cache (each step feeds only the new token), stop at EOS/end-of-turn, at a token "
             "ending a sentence or line, or after max_new_tokens",
@@ -200,8 +260,7 @@ def retrieval_heads(
         },
         seed=seed,
     )
-    return HeadScores.from_matrix(scores, model=model.spec, task=task.name, analyzer="retrieval_heads",
-                                  metric="retrieval", extra={"n": n_counted, "kv_head": kv}, provenance=provenance)
+    return retrieval_scores(model, task, scores, n_counted, provenance)
 
 
 def masking_check(model: Any, trials: list[Any], budgets: list[int], scores: np.ndarray, k: int, n_random: int,

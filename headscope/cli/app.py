@@ -74,7 +74,7 @@ def score(
     from headscope.tasks.registry import get_task_info
 
     check_device(device)
-    plan = plan_shards(shard, plot=plot, export_kv_policy=export_kv_policy)
+    plan = plan_shards(shard, plot=plot, export_kv_policy=export_kv_policy, device_map=device_map)
     device = plan.device(device)
     info = get_task_info(task)
     analyzer_name = analyzer or info.default_analyzer

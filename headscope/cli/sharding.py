@@ -102,8 +102,16 @@ class ShardPlan:
         return part_path(out, self.shard) if self.shard is not None and not self.distributed else out
 
 
-def plan_shards(shard: str | None, plot: Path | None = None, export_kv_policy: Path | None = None) -> ShardPlan:
-    """The plan from ``--shard`` and the launcher's environment (one-line errors for conflicts)."""
+def plan_shards(shard: str | None, plot: Path | None = None, export_kv_policy: Path | None = None,
+                device_map: str | None = None) -> ShardPlan:
+    """The plan from ``--shard`` and the launcher's environment (one-line errors for conflicts).
+
+    ``--device-map`` under a launcher with several ranks per node would give every rank a model
+    spread over all of the node's GPUs; it is refused unless ``CUDA_VISIBLE_DEVICES`` is set (by
+    a wrapper giving each rank its own GPUs, see docs/scaling.md) or there is one rank per node.
+    """
+    import os
+
     from headscope.scale.dist import from_env
     from headscope.scale.shard import parse_shard
 
@@ -112,6 +120,13 @@ def plan_shards(shard: str | None, plot: Path | None = None, export_kv_policy: P
         if shard is not None:
             raise HeadscopeError(f"--shard {shard} under a launcher (WORLD_SIZE={launch.world_size}): the ranks are the "
                                  "shards; drop --shard, or run without torchrun.")
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        if device_map is not None and per_node > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            raise HeadscopeError(
+                f"--device-map with {per_node} ranks per node would spread every rank's model over all GPUs: use "
+                "--nproc-per-node 1 (one model per node), or give each rank its GPUs with CUDA_VISIBLE_DEVICES "
+                "(docs/scaling.md)."
+            )
         return ShardPlan(Shard(launch.rank, launch.world_size), launch)
     if shard is None:
         return ShardPlan()

@@ -83,15 +83,17 @@ def test_smollm2_masking_top_heads_hurts_more_than_random(retrieval):
 
 
 @pytest.mark.smollm2
-def test_copy_events_counted_by_hand(smol):
-    """Recount one trial's copy events from full attention rows (independent of the reducer)."""
+@pytest.mark.parametrize("prefill_chunk", [7, 0])
+def test_copy_events_counted_by_hand(smol, prefill_chunk):
+    """Recount one trial's copy events from full attention rows (independent of the reducer, the
+    KV cache and the chunked prefill)."""
     import torch
 
     from headscope.trace import trace
 
     task = make_task("needle", context_lengths="96", depths="0.5")
     (trial,) = task.trials(smol)
-    text, copied = greedy_decode(smol, trial, max_new_tokens=4)
+    text, copied = greedy_decode(smol, trial, max_new_tokens=4, prefill_chunk=prefill_chunk)
     ids = trial.tokens
     a, b = trial.needle_span
     want = np.zeros_like(copied)
@@ -109,3 +111,20 @@ def test_copy_events_counted_by_hand(smol):
     want = np.array([[len(s) for s in row] for row in seen], dtype=float)
     np.testing.assert_array_equal(copied, want)
     assert text == smol.tokenizer.decode(ids[0, trial.tokens.shape[1]:].tolist(), skip_special_tokens=True)
+
+
+@pytest.mark.smollm2
+def test_retrieval_shards_merge_to_one_process(smol):
+    """Needle trials split over 2 shards: prompt-weighted means equal the one-process scores."""
+    from headscope.scale import Shard, merge_parts, run_shard
+
+    task = make_task("needle", context_lengths="96", depths="0.3,0.7")
+    full = run_analyzer("retrieval_heads", smol, task, max_new_tokens=10)
+    parts = [run_shard("retrieval_heads", smol, task, Shard(i, 2), max_new_tokens=10) for i in range(2)]
+    assert [len(p.provenance["choices"]["trials"]) for p in parts] == [1, 1]
+    merged = merge_parts(parts)
+    np.testing.assert_allclose(merged["score"].to_numpy(), full["score"].to_numpy(), rtol=0, atol=1e-6)
+    assert merged["n"].tolist() == full["n"].tolist()
+    assert merged.provenance["choices"]["summary"] == full.provenance["choices"]["summary"]
+    assert [r["trial"] for r in merged.provenance["choices"]["trials"]] == [0, 1]
+    assert full.provenance["choices"]["summary"]["n_counted"] >= 1  # the weighted mean has weight

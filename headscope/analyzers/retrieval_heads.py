@@ -9,11 +9,13 @@ distinct needle positions it copied divided by the needle's length in tokens (th
 :func:`rouge1_recall`) count; the ``retrieval`` score is the mean over those trials. Heads are
 scored per query head (under GQA the pattern is per query head already).
 
-Memory: each decoding step is one traced forward pass whose only capture is the last query
-row's argmax per head (a tracer reducer); no attention pattern is cached, so peak memory is one
-layer's eager attention plus the logits. Decoding is incremental: the prompt is run once and each
-step feeds only the new token with the Hugging Face KV cache (``trace(..., use_cache=True)``), so
-the per-step attention row covers all keys at the cost of one token's forward pass.
+Memory: model + KV cache + O(n) per layer. The prompt but its last token is prefilled into the
+Hugging Face KV cache ``prefill_chunk`` (default 1024) queries per forward pass with nothing
+captured, so eager attention holds at most (heads, chunk, n) scores, one layer at a time. Each
+decoding step (the first feeds the prompt's last token) feeds one token with the cache
+(``trace(..., use_cache=True)``); its only capture is the last query row's argmax per head,
+reduced inside the hook (a tracer reducer), so the traced rows are (1, heads, 1, n) and no
+pattern is kept.
 
 Causal check (``check_masking=True``): rerun the task with the top ``mask_k`` retrieval heads
 masked versus ``mask_k`` random non-retrieval heads (score <= ``threshold``), for
@@ -61,6 +63,28 @@ def _ends_sentence(piece: str) -> bool:
     return "\n" in piece or piece.rstrip().rstrip("\"')").endswith((".", "!", "?"))
 
 
+PREFILL_CHUNK = 1024
+
+
+def prefill(model: Any, tokens: torch.Tensor, chunk: int, interventions: tuple[Any, ...] = ()) -> Any:
+    """Run ``tokens`` (1, pos) into a fresh KV cache, ``chunk`` query positions per forward pass
+    (``chunk`` <= 0: all at once), capturing nothing; returns the cache (None for no tokens).
+
+    Memory: eager attention materialises (heads, chunk, n_keys) scores for one layer at a time, so
+    the prompt costs the KV cache plus O(chunk * n) per layer instead of O(n^2) (Wu et al. score
+    only the decoding steps' attention rows; the prompt's own rows are never needed).
+    """
+    n = int(tokens.shape[1])
+    step = n if chunk <= 0 else int(chunk)
+    cache = None
+    for start in range(0, n, max(1, step)):
+        part = tokens[:, start : start + step]
+        tr = trace(model, part, interventions=interventions, use_cache=True, past_key_values=cache,
+                   logit_positions=torch.tensor([part.shape[1] - 1]))
+        cache = tr.past_key_values
+    return cache
+
+
 def greedy_decode(
     model: Any,
     trial: Any,
@@ -68,8 +92,13 @@ def greedy_decode(
     interventions: tuple[Any, ...] = (),
     score: bool = True,
     sentence_end: bool = True,
+    prefill_chunk: int = PREFILL_CHUNK,
 ) -> tuple[str, np.ndarray | None]:
     """Greedily decode one trial; optionally score copy events per head.
+
+    The prompt but its last token is prefilled into the KV cache ``prefill_chunk`` queries at a
+    time with nothing captured (:func:`prefill`); the last prompt token is then the first
+    decoding step, so every traced attention row is one query over all keys: (1, heads, 1, n).
 
     Returns:
         ``(response text, copied)`` where ``copied`` is a (n_layers, n_heads) array of distinct
@@ -81,7 +110,8 @@ def greedy_decode(
     copied: list[list[set[int]]] = [[set() for _ in range(model.n_heads)] for _ in range(model.n_layers)]
     out: list[int] = []
     reducers = [last_query_argmax("top1")] if score else []
-    step_input, cache = ids, None
+    cache = prefill(model, ids[:, :-1], prefill_chunk, interventions)
+    step_input = ids[:, -1:]
     for _ in range(max_new_tokens):
         # incremental decoding with the KV cache: each step feeds only the newest token
         tr = trace(model, step_input, reducers=reducers, interventions=interventions, use_cache=True,
@@ -186,6 +216,7 @@ def retrieval_heads(
     n_random: int = 3,
     seed: int = 0,
     trials: list[int] | None = None,
+    prefill_chunk: int = PREFILL_CHUNK,
     progress: bool = False,
 ) -> HeadScores:
     """Retrieval score of every query head, optionally with the masking causal check.
@@ -200,6 +231,8 @@ def retrieval_heads(
         check_masking: run the causal check (top ``mask_k`` vs random heads, ``n_random`` seeds).
         seed: seed of the random head draws.
         trials: only these trial indices of the task's grid (default all), e.g. one shard's.
+        prefill_chunk: query positions per prefill forward pass (memory O(chunk * n) per layer;
+            0 = the whole prompt at once).
         progress: show progress bars.
 
     Returns:
@@ -224,7 +257,7 @@ def retrieval_heads(
     records = []
     for index, trial, n_new in progress_bar(list(zip(indices, chosen, budgets, strict=True)), "retrieval",
                                             enabled=progress):
-        text, copied = greedy_decode(model, trial, n_new)
+        text, copied = greedy_decode(model, trial, n_new, prefill_chunk=prefill_chunk)
         reference = trial.needle if rouge_reference == "needle" else trial.answer
         recall = rouge1_recall(text, reference)
         counted = recall > 0.5
@@ -245,7 +278,7 @@ def retrieval_heads(
         analyzer="retrieval_heads",
         options={"threshold": threshold, "rouge_reference": rouge_reference, "max_new_tokens": max_new_tokens,
                  "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed,
-                 "trials": trials},
+                 "trials": trials, "prefill_chunk": prefill_chunk},
         choices={
             "decoding": "greedy with the KV cache (each step feeds only the new token), stop at EOS/end-of-turn, at a token "
             "ending a sentence or line, or after max_new_tokens",
@@ -253,7 +286,8 @@ def retrieval_heads(
             "the emitted token; distinct needle positions per head / needle length",
             "counted_trials": f"ROUGE-1 recall vs the {rouge_reference} > 0.5",
             "gqa": "per query head",
-            "memory": "last query row argmax via tracer reducer; no pattern cached",
+            "memory": f"prompt prefilled into the KV cache {prefill_chunk or 'all'} queries per pass with nothing "
+            "captured; each decoding step's last-query-row argmax reduced inside the hook; no pattern kept",
             "summary": summary,
             "trials": records,
             "causal_check": causal,

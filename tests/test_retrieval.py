@@ -1,6 +1,7 @@
 """Retrieval heads: ROUGE, the needle task, scoring and the query-masking causal check."""
 
 import os
+import re
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -128,3 +129,60 @@ def test_retrieval_shards_merge_to_one_process(smol):
     assert merged.provenance["choices"]["summary"] == full.provenance["choices"]["summary"]
     assert [r["trial"] for r in merged.provenance["choices"]["trials"]] == [0, 1]
     assert full.provenance["choices"]["summary"]["n_counted"] >= 1  # the weighted mean has weight
+
+
+def _user_files(tmp_path):
+    import json
+
+    import pandas as pd
+
+    rows = [f"Row {i} says the quarry trucks leave at dawn and return at dusk with gravel." for i in range(60)]
+    (tmp_path / "hay.txt").write_text("\n\n".join(rows), encoding="utf-8")
+    pd.DataFrame({"body": rows, "n": range(60)}).to_parquet(tmp_path / "hay.parquet")
+    needles = [{"needle": "The harbour bell was cast in Bergen in 1911.", "question": "Where was the harbour bell cast?",
+                "answer": "in Bergen"}]
+    (tmp_path / "needles.json").write_text(json.dumps(needles))
+    return needles
+
+
+def test_needle_task_user_file_errors(tmp_path):
+    import json
+
+    _user_files(tmp_path)
+    bad_needles = tmp_path / "bad.json"
+    cases = [
+        ({"haystack": str(tmp_path / "missing.txt")}, "does not exist"),
+        ({"haystack": str(tmp_path / "broken.parquet")}, "cannot be read as parquet"),
+        ({"haystack": str(tmp_path / "hay.parquet")}, "no column 'text' (columns: body, n)"),
+        ({"haystack": str(tmp_path / "hay.pdf")}, "has suffix '.pdf'"),
+        ({"needles": str(bad_needles)}, "answer 'Oslo' is not in its needle"),
+    ]
+    (tmp_path / "hay.pdf").write_text("x")
+    (tmp_path / "broken.parquet").write_text("not a parquet file")
+    bad_needles.write_text(json.dumps([{"needle": "The bell was cast in Bergen.", "question": "Where?", "answer": "Oslo"}]))
+    for kwargs, message in cases:
+        with pytest.raises(HeadscopeError, match=re.escape(message)):
+            make_task("needle", **kwargs)
+    for content, message in [("{", "is not JSON (line 1"), ("[]", "at least one"), ('[{"needle": "x"}]', "no text 'question'")]:
+        bad_needles.write_text(content)
+        with pytest.raises(HeadscopeError, match=re.escape(message)):
+            make_task("needle", needles=str(bad_needles))
+    (tmp_path / "empty.txt").write_text("  \n ")
+    with pytest.raises(HeadscopeError, match="holds no text"):
+        make_task("needle", haystack=str(tmp_path / "empty.txt"))
+
+
+@pytest.mark.smollm2
+@pytest.mark.parametrize("suffix,column", [("txt", "text"), ("parquet", "body")])
+def test_needle_task_user_haystack_and_needles(smol, tmp_path, suffix, column):
+    needles = _user_files(tmp_path)
+    task = make_task("needle", context_lengths="64", depths="0.5", haystack=str(tmp_path / f"hay.{suffix}"),
+                     haystack_column=column, needles=str(tmp_path / "needles.json"))
+    (trial,) = task.trials(smol)
+    a, b = trial.needle_span
+    assert smol.tokenizer.decode(trial.tokens[0, a:b].tolist()).strip() == needles[0]["needle"]
+    document = smol.tokenizer.decode(trial.tokens[0, a - 20 : a].tolist())
+    assert "quarry trucks" in document or "gravel" in document or "dusk" in document
+    assert trial.question == needles[0]["question"]
+    with pytest.raises(HeadscopeError, match="exceeds the haystack"):
+        make_task("needle", context_lengths="5000", haystack=str(tmp_path / f"hay.{suffix}"), haystack_column=column).trials(smol)

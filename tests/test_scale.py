@@ -183,3 +183,25 @@ def test_cli_shard_errors_name_the_shard(tmp_path, capsys):
     assert code == 2 and err.startswith("error: shard 0/9:") and "at most 4 shards" in err
     code, err = cli([*SCORE, "--out", str(tmp_path / "x.parquet"), "--shard", "0/2", "--plot", str(tmp_path / "p.html")], capsys)
     assert code == 2 and "--plot needs the whole result" in err
+
+
+def test_retrieval_merge_weights_parts_by_counted_trials():
+    """Hand formula: the merged score is sum(score_i * n_i) / sum(n_i); records in trial order."""
+    from headscope.analyzers.retrieval_heads import merge_shards
+    from headscope.results import HeadScores
+
+    a, b = np.array([[0.5, 0.0], [1.0, 0.25]]), np.array([[0.0, 0.0], [0.25, 1.0]])
+    parts = []
+    for index, (values, n, trials) in enumerate([(a, 2, [0, 2, 4]), (b, 1, [1, 3])]):
+        records = [{"trial": t, "counted": t in (0, 2, 1)} for t in trials]
+        prov = {"analyzer": "retrieval_heads", "options": {"threshold": 0.3}, "choices": {"trials": records},
+                "shard": {"index": index, "count": 2}}
+        parts.append(HeadScores.from_matrix(values, model="m", task="needle", analyzer="retrieval_heads",
+                                            metric="retrieval", extra={"n": n, "kv_head": 0}, provenance=prov))
+    merged = merge_shards(parts)
+    np.testing.assert_allclose(merged.matrix("retrieval").to_numpy(), (2 * a + b) / 3, atol=1e-12)
+    assert merged["n"].unique().tolist() == [3]
+    choices = merged.provenance["choices"]
+    assert [r["trial"] for r in choices["trials"]] == [0, 1, 2, 3, 4]
+    assert choices["summary"]["n_counted"] == 3 and choices["summary"]["n_trials"] == 5 and choices["summary"]["accuracy"] == pytest.approx(3 / 5)
+    assert choices["summary"]["n_heads_above_threshold"] == int((((2 * a + b) / 3) > 0.3).sum())

@@ -150,7 +150,9 @@ def test_cli_shards_merge_and_rerun_one_shard(tmp_path, capsys, toy):
     os.utime(p1, ns=(0, 0))
     assert cli([*SCORE, "--out", str(out), "--shard", "1/2"], capsys)[0] == 0  # rerun one shard
     assert (p0.stat().st_mtime_ns, p0.read_bytes()) == before and p1.stat().st_mtime_ns > 0
-    assert cli(["merge", str(p1), str(p0), "--out", str(out)], capsys)[0] == 0
+    plot = tmp_path / "pp.html"
+    assert cli(["merge", str(p1), str(p0), "--out", str(out), "--plot", str(plot)], capsys)[0] == 0
+    assert plot.stat().st_size > 0
     full = run_analyzer("path_patching", toy, make_task("induction_contrast", n_prompts=6, seed=1))
     merged = read_parquet(out)
     assert_same(merged, full)

@@ -133,8 +133,9 @@ def plan_shards(shard: str | None, plot: Path | None = None, export_kv_policy: P
     parsed = parse_shard(shard)
     extra = [flag for flag, given in (("--plot", plot), ("--export-kv-policy", export_kv_policy)) if given is not None]
     if extra:
-        raise HeadscopeError(f"{extra[0]} needs the whole result: drop it from --shard runs and pass it to "
-                             "`headscope merge` or `headscope show` after merging.")
+        hint = ("pass --plot to `headscope merge`" if extra[0] == "--plot"
+                else "call headscope.analyzers.kv_policy.export_kv_policy on the merged file")
+        raise HeadscopeError(f"{extra[0]} needs the whole result: drop it from --shard runs ({hint}).")
     return ShardPlan(parsed)
 
 
@@ -146,6 +147,7 @@ def register(app: typer.Typer) -> None:
         parts: list[Path] = typer.Argument(..., help="the part files of one sharded run (*.shard-*-of-*.parquet)"),
         out: Path = typer.Option(..., "--out", help="the merged Parquet file"),
         top: int = typer.Option(10, "--top", min=1, help="heads to print per metric"),
+        plot: Path | None = typer.Option(None, "--plot", help="write an interactive heatmap of the merged result (.html)"),
     ) -> None:
         """Merge the parts of a --shard run into the file a single process would write.
 
@@ -156,7 +158,15 @@ def register(app: typer.Typer) -> None:
         from headscope.scale.merge import merge_files
 
         out = _check_output(out, ".parquet", "--out")
+        if plot is not None:
+            plot = _check_output(plot, ".html", "--plot")
         scores = merge_files(list(parts))
         console.print(top_table(scores, k=top))
         scores.to_parquet(out)
         console.print(f"wrote {out} ({scores.provenance['world_size']} parts)")
+        if plot is not None:
+            from headscope.plots import head_heatmap, save_html
+            from headscope.plots.figures import all_metric_heatmaps
+
+            save_html(all_metric_heatmaps(scores) if len(scores.metrics) > 1 else head_heatmap(scores), plot)
+            console.print(f"wrote {plot}")

@@ -55,6 +55,7 @@ class ShardPlan:
                                  f"(sharded analyzers: {', '.join(sharded)}).")
 
     def run(self, name: str, model: Any, task: Any, options: dict[str, Any]) -> Any:
+        """This process's shard of analyzer ``name`` (:func:`headscope.scale.shard.run_shard`)."""
         from headscope.scale.shard import run_shard
 
         assert self.shard is not None

@@ -5,7 +5,6 @@ between ranks: the same format as the files, and no pickle (``torch.distributed`
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pandas as pd
 
@@ -55,4 +54,4 @@ def describe_failure(exc: BaseException) -> str:
     return text if isinstance(exc, HeadscopeError) else f"internal error {type(exc).__name__}: {text}"
 
 
-__all__: list[Any] = ["decode", "describe_failure", "encode", "encode_failure"]
+__all__ = ["decode", "describe_failure", "encode", "encode_failure"]

@@ -84,7 +84,7 @@ def test_smollm2_masking_top_heads_hurts_more_than_random(retrieval):
 
 
 @pytest.mark.smollm2
-@pytest.mark.parametrize("prefill_chunk", [7, 0])
+@pytest.mark.parametrize("prefill_chunk", [40, 0])
 def test_copy_events_counted_by_hand(smol, prefill_chunk):
     """Recount one trial's copy events from full attention rows (independent of the reducer, the
     KV cache and the chunked prefill)."""

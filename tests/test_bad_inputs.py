@@ -438,6 +438,14 @@ CASES: list[Case] = [
     Case("mode_existing_file_kept", ["score", "-m", TOY, "-o", "n_prompts=1", "-o", "seq_len=4", "--out", "r.parquet"],
          expect=0, message="wrote", umask="077", writes=("r.parquet",), check=_mode(0o640),
          setup=lambda b: (scores_file(b / "r.parquet"), os.chmod(b / "r.parquet", 0o640))),
+    # 10. sharded sweeps (issue 14) and the needle task's user files
+    Case("shard_not_i_of_n", ["score", "-m", TOY, "--shard", "2/2"], message="I must lie in 0..N-1"),
+    Case("shard_unshardable_analyzer", ["score", "-m", TOY, "--shard", "0/2", "--out", "r.parquet"],
+         message="cannot be split into shards"),
+    Case("merge_not_a_part", ["merge", "r.parquet", "--out", "m.parquet"], message="is not a shard part",
+         setup=lambda b: scores_file(b / "r.parquet")),
+    Case("needle_missing_haystack", ["score", "-m", TOY, "-t", "needle", "-o", "haystack=nope.txt"],
+         message="haystack file nope.txt does not exist"),
     # 9. Python API: one-line HeadscopeError, never an internal error
     Case("api_trace_float_tokens", code=TRACE.format(tokens="torch.tensor([[1.0, 2.0]])"), message="integer token ids"),
     Case("api_trace_bool_tokens", code=TRACE.format(tokens="torch.tensor([[True, False]])"), message="integer token ids"),

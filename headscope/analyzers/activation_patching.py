@@ -25,6 +25,7 @@ from headscope.errors import HeadscopeError
 from headscope.patching.engine import PATCH_ACTS, PatchEngine
 from headscope.patching.heads import HeadPatchResult, patch_all_heads
 from headscope.results import HeadScores, build_provenance
+from headscope.scale.spec import by_layer
 
 CONTRASTIVE_TASKS = ("ioi", "facts", "induction_contrast", "user_file")
 POSITION_MODES = ("all", "named", "each")
@@ -88,6 +89,7 @@ def result_to_scores(
     "activation_patching",
     summary="exact per-head activation patching (z/q/k/v/pattern), normalised (patched-corr)/(clean-corr)",
     tasks=CONTRASTIVE_TASKS,
+    shard=by_layer("layers"),
 )
 def activation_patching(
     model: Any,

@@ -13,6 +13,18 @@ from headscope.analyzers.activation_patching import CONTRASTIVE_TASKS, engine_fo
 from headscope.analyzers.registry import register_analyzer
 from headscope.patching.paths import parse_receivers, path_patch
 from headscope.results import HeadScores, build_provenance
+from headscope.scale.spec import by_head
+
+
+def sender_units(model: Any, task: Any, options: dict[str, Any]) -> list[tuple[int, int]]:
+    """Every sender head of a run: heads of ``sender_layers`` (default all) before the first
+    receiver layer (all layers for ``resid``), or the ``senders`` given."""
+    if options.get("senders"):
+        return model.parse_heads(options["senders"])
+    rec = parse_receivers(model, options.get("receivers", "resid"))
+    last = model.n_layers if rec.act == "resid" else min(rec.layers)
+    layers = options.get("sender_layers") or range(model.n_layers)
+    return [(layer, h) for layer in sorted(set(layers)) if layer < last for h in range(model.n_heads)]
 
 
 @register_analyzer(
@@ -20,6 +32,7 @@ from headscope.results import HeadScores, build_provenance
     summary="Wang et al. path patching: sender heads -> final residual or receivers' q/k/v (others frozen)",
     tasks=CONTRASTIVE_TASKS,
     presets={"paper": {"receiver_positions": "END"}},
+    shard=by_head(sender_units, option="senders", clears=("sender_layers",), unit="sender head"),
 )
 def path_patching(
     model: Any,
@@ -27,6 +40,7 @@ def path_patching(
     receivers: str = "resid",
     receiver_positions: str = "all",
     sender_layers: list[int] | None = None,
+    senders: str | None = None,
     max_rows: int | None = None,
     progress: bool = False,
 ) -> HeadScores:
@@ -40,6 +54,7 @@ def path_patching(
             paper preset: Wang et al. patch the name movers' queries at END only) where the
             receivers' inputs are overwritten.
         sender_layers: restrict senders to these layers (default all before the receivers).
+        senders: only these sender heads (``"L.H,..."``; others NaN), e.g. one shard's.
         max_rows: rows per batched forward.
         progress: progress bar.
 
@@ -63,7 +78,8 @@ def path_patching(
         )
     engine = engine_for(model, batch, max_rows=max_rows, progress=progress)
     with torch.inference_mode():
-        result = path_patch(engine, batch.clean, batch.corrupted, rec, sender_layers=sender_layers, receiver_pos=where)
+        result = path_patch(engine, batch.clean, batch.corrupted, rec, sender_layers=sender_layers, receiver_pos=where,
+                            senders=model.parse_heads(senders) if senders else None)
     n = result.values.shape[-1]
     denom = float(result.clean.mean() - result.corrupted.mean())
     stderr = ((result.values - result.clean).std(-1, unbiased=True) / np.sqrt(n) / abs(denom)).numpy() if n > 1 else 0.0
@@ -71,7 +87,7 @@ def path_patching(
     provenance = build_provenance(
         model, task=info, analyzer="path_patching",
         options={"receivers": receivers, "receiver_positions": receiver_positions, "sender_layers": sender_layers,
-                 "max_rows": max_rows},
+                 "senders": senders, "max_rows": max_rows},
         choices={
             "algorithm": "Wang et al. 2022 App. B Alg. 1: sender := corrupted, all other heads frozen to clean, "
             "MLPs and LayerNorms recomputed, receivers overwritten in a final pass (not TransformerLens's "

@@ -50,6 +50,7 @@ class AnalyzerInfo:
     summary: str
     tasks: tuple[str, ...]
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    shard: Any = None  # a headscope.scale.spec.ShardSpec for sweeps that split into shards
 
     def options(self) -> list[str]:
         """Keyword options the analyzer accepts (beyond model and task); ``preset`` if it has presets."""
@@ -91,6 +92,7 @@ def register_analyzer(
     summary: str,
     tasks: tuple[str, ...] = (),
     presets: Mapping[str, Mapping[str, Any]] | None = None,
+    shard: Any = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register ``fn`` under ``name``.
 
@@ -98,11 +100,16 @@ def register_analyzer(
         tasks: compatible tasks (empty = any).
         presets: named option sets, e.g. ``{"paper": {"eps": 1e-4}}``; every key must be an
             option of ``fn``.
+        shard: a :class:`headscope.scale.spec.ShardSpec`: how the sweep splits into independent
+            units for ``--shard I/N`` and torch.distributed ranks (see docs/scaling.md).
     """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        info = AnalyzerInfo(name, fn, summary, tuple(tasks), dict(presets or {}))
+        info = AnalyzerInfo(name, fn, summary, tuple(tasks), dict(presets or {}), shard)
         accepted = set(info.options())
+        unknown_shard = sorted(set(getattr(shard, "options", ())) - accepted)
+        if unknown_shard:
+            raise TypeError(f"the shard spec of analyzer {name!r} sets unknown options {unknown_shard}")
         for preset, values in info.presets.items():
             unknown = sorted(set(values) - accepted)
             if unknown:

@@ -9,11 +9,13 @@ distinct needle positions it copied divided by the needle's length in tokens (th
 :func:`rouge1_recall`) count; the ``retrieval`` score is the mean over those trials. Heads are
 scored per query head (under GQA the pattern is per query head already).
 
-Memory: each decoding step is one traced forward pass whose only capture is the last query
-row's argmax per head (a tracer reducer); no attention pattern is cached, so peak memory is one
-layer's eager attention plus the logits. Decoding is incremental: the prompt is run once and each
-step feeds only the new token with the Hugging Face KV cache (``trace(..., use_cache=True)``), so
-the per-step attention row covers all keys at the cost of one token's forward pass.
+Memory: model + KV cache + O(n) per layer. The prompt but its last token is prefilled into the
+Hugging Face KV cache ``prefill_chunk`` (default 1024) queries per forward pass with nothing
+captured, so eager attention holds at most (heads, chunk, n) scores, one layer at a time. Each
+decoding step (the first feeds the prompt's last token) feeds one token with the cache
+(``trace(..., use_cache=True)``); its only capture is the last query row's argmax per head,
+reduced inside the hook (a tracer reducer), so the traced rows are (1, heads, 1, n) and no
+pattern is kept.
 
 Causal check (``check_masking=True``): rerun the task with the top ``mask_k`` retrieval heads
 masked versus ``mask_k`` random non-retrieval heads (score <= ``threshold``), for
@@ -61,6 +63,28 @@ def _ends_sentence(piece: str) -> bool:
     return "\n" in piece or piece.rstrip().rstrip("\"')").endswith((".", "!", "?"))
 
 
+PREFILL_CHUNK = 1024
+
+
+def prefill(model: Any, tokens: torch.Tensor, chunk: int, interventions: tuple[Any, ...] = ()) -> Any:
+    """Run ``tokens`` (1, pos) into a fresh KV cache, ``chunk`` query positions per forward pass
+    (``chunk`` <= 0: all at once), capturing nothing; returns the cache (None for no tokens).
+
+    Memory: eager attention materialises (heads, chunk, n_keys) scores for one layer at a time, so
+    the prompt costs the KV cache plus O(chunk * n) per layer instead of O(n^2) (Wu et al. score
+    only the decoding steps' attention rows; the prompt's own rows are never needed).
+    """
+    n = int(tokens.shape[1])
+    step = n if chunk <= 0 else int(chunk)
+    cache = None
+    for start in range(0, n, max(1, step)):
+        part = tokens[:, start : start + step]
+        tr = trace(model, part, interventions=interventions, use_cache=True, past_key_values=cache,
+                   logit_positions=torch.tensor([part.shape[1] - 1]))
+        cache = tr.past_key_values
+    return cache
+
+
 def greedy_decode(
     model: Any,
     trial: Any,
@@ -68,8 +92,13 @@ def greedy_decode(
     interventions: tuple[Any, ...] = (),
     score: bool = True,
     sentence_end: bool = True,
+    prefill_chunk: int = PREFILL_CHUNK,
 ) -> tuple[str, np.ndarray | None]:
     """Greedily decode one trial; optionally score copy events per head.
+
+    The prompt but its last token is prefilled into the KV cache ``prefill_chunk`` queries at a
+    time with nothing captured (:func:`prefill`); the last prompt token is then the first
+    decoding step, so every traced attention row is one query over all keys: (1, heads, 1, n).
 
     Returns:
         ``(response text, copied)`` where ``copied`` is a (n_layers, n_heads) array of distinct
@@ -81,7 +110,8 @@ def greedy_decode(
     copied: list[list[set[int]]] = [[set() for _ in range(model.n_heads)] for _ in range(model.n_layers)]
     out: list[int] = []
     reducers = [last_query_argmax("top1")] if score else []
-    step_input, cache = ids, None
+    cache = prefill(model, ids[:, :-1], prefill_chunk, interventions)
+    step_input = ids[:, -1:]
     for _ in range(max_new_tokens):
         # incremental decoding with the KV cache: each step feeds only the newest token
         tr = trace(model, step_input, reducers=reducers, interventions=interventions, use_cache=True,
@@ -116,10 +146,64 @@ def needle_accuracy(model: Any, trials: list[Any], max_new: list[int], reference
     return ok / max(1, len(trials))
 
 
+def trial_units(model: Any, task: Any, options: dict[str, Any]) -> list[int]:
+    """Every needle trial of a run (its ``trials`` option, default all), the units of a shard."""
+    chosen = options.get("trials")
+    return sorted({int(i) for i in chosen}) if chosen is not None else list(range(len(task.trials(model))))
+
+
+def summarize(scores: np.ndarray, records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Counts of trials and of heads above ``threshold`` (the provenance ``summary``)."""
+    n_counted = sum(bool(r["counted"]) for r in records)
+    return {
+        "n_trials": len(records),
+        "n_counted": n_counted,
+        "accuracy": n_counted / max(1, len(records)),
+        f"fraction_heads_above_{threshold}": float((scores > threshold).mean()),
+        "n_heads_above_threshold": int((scores > threshold).sum()),
+    }
+
+
+def retrieval_scores(model: Any, task: Any, scores: np.ndarray, n_counted: int, provenance: dict[str, Any]) -> HeadScores:
+    """The ``retrieval`` metric rows (``n`` = counted trials)."""
+    return HeadScores.from_matrix(scores, model=model.spec, task=task.name, analyzer="retrieval_heads", metric="retrieval",
+                                  extra={"n": n_counted, "kv_head": model.kv_head_matrix()}, provenance=provenance)
+
+
+def merge_shards(parts: list[HeadScores]) -> HeadScores:
+    """Merge retrieval-head shards (each a set of needle trials): a head's score is the mean over
+    all counted trials, i.e. the parts' scores weighted by their counted trials ``n``; the trial
+    records are concatenated in trial order and the summary recomputed."""
+    prov = dict(parts[0].provenance)
+    counts = [int(p["n"].iloc[0]) for p in parts]
+    total = sum(p["score"].to_numpy() * n for p, n in zip(parts, counts, strict=True))
+    n_counted = sum(counts)
+    scores = total / n_counted if n_counted else total
+    records = sorted((r for p in parts for r in p.provenance["choices"]["trials"]), key=lambda r: r["trial"])
+    choices = dict(prov["choices"])
+    choices["trials"] = records
+    choices["summary"] = summarize(scores, records, float(prov["options"]["threshold"]))
+    prov["choices"] = choices
+    out = HeadScores(parts[0].reset_index(drop=True).copy())
+    out["score"] = scores
+    out["n"] = n_counted
+    out.provenance = prov
+    return out
+
+
+def _shard_spec() -> Any:
+    from headscope.scale.spec import ShardSpec
+
+    return ShardSpec(unit="needle trial", options=("trials",), units=trial_units,
+                     restrict=lambda mine: {"trials": [int(u) for u in mine]},  # type: ignore[arg-type]
+                     merge=merge_shards)
+
+
 @register_analyzer(
     "retrieval_heads",
     summary="retrieval score (Wu et al. 2024): copy-paste attention from the needle during greedy decoding",
     tasks=("needle",),
+    shard=_shard_spec(),
 )
 def retrieval_heads(
     model: Any,
@@ -131,6 +215,8 @@ def retrieval_heads(
     mask_k: int = 10,
     n_random: int = 3,
     seed: int = 0,
+    trials: list[int] | None = None,
+    prefill_chunk: int = PREFILL_CHUNK,
     progress: bool = False,
 ) -> HeadScores:
     """Retrieval score of every query head, optionally with the masking causal check.
@@ -144,6 +230,9 @@ def retrieval_heads(
         max_new_tokens: decoding budget per trial (default: needle tokens + 8).
         check_masking: run the causal check (top ``mask_k`` vs random heads, ``n_random`` seeds).
         seed: seed of the random head draws.
+        trials: only these trial indices of the task's grid (default all), e.g. one shard's.
+        prefill_chunk: query positions per prefill forward pass (memory O(chunk * n) per layer;
+            0 = the whole prompt at once).
         progress: show progress bars.
 
     Returns:
@@ -152,40 +241,44 @@ def retrieval_heads(
     """
     if rouge_reference not in ("needle", "answer"):
         raise HeadscopeError("rouge_reference must be 'needle' or 'answer'.")
-    trials = task.trials(model)
-    budgets = [max_new_tokens or (t.needle_span[1] - t.needle_span[0] + 8) for t in trials]
+    every = task.trials(model)
+    if trials is not None:
+        bad = [i for i in trials if not 0 <= int(i) < len(every)]
+        if bad:
+            raise HeadscopeError(f"trial {bad[0]} is out of range: the task has trials 0..{len(every) - 1}.")
+        if check_masking:
+            raise HeadscopeError("check_masking needs every trial's scores: run it without trials= or sharding "
+                                 "(e.g. on the merged result's top heads with `headscope ablate`).")
+    indices = list(range(len(every))) if trials is None else sorted({int(i) for i in trials})
+    chosen = [every[i] for i in indices]
+    budgets = [max_new_tokens or (t.needle_span[1] - t.needle_span[0] + 8) for t in chosen]
     shape = (model.n_layers, model.n_heads)
     total = np.zeros(shape)
     records = []
-    for trial, n_new in progress_bar(list(zip(trials, budgets, strict=True)), "retrieval", enabled=progress):
-        text, copied = greedy_decode(model, trial, n_new)
+    for index, trial, n_new in progress_bar(list(zip(indices, chosen, budgets, strict=True)), "retrieval",
+                                            enabled=progress):
+        text, copied = greedy_decode(model, trial, n_new, prefill_chunk=prefill_chunk)
         reference = trial.needle if rouge_reference == "needle" else trial.answer
         recall = rouge1_recall(text, reference)
         counted = recall > 0.5
         if counted:
             total += copied / (trial.needle_span[1] - trial.needle_span[0])
-        records.append({"context_len": trial.context_len, "depth": trial.depth, "needle": trial.needle,
+        records.append({"trial": index, "context_len": trial.context_len, "depth": trial.depth, "needle": trial.needle,
                         "response": text, "rouge1_recall": round(recall, 4), "counted": bool(counted)})
     n_counted = sum(r["counted"] for r in records)
     scores = total / n_counted if n_counted else total
-    summary = {
-        "n_trials": len(trials),
-        "n_counted": n_counted,
-        "accuracy": n_counted / max(1, len(trials)),
-        f"fraction_heads_above_{threshold}": float((scores > threshold).mean()),
-        "n_heads_above_threshold": int((scores > threshold).sum()),
-    }
+    summary = summarize(scores, records, threshold)
     causal = None
     if check_masking:
-        causal = masking_check(model, trials, budgets, scores, mask_k, n_random, threshold, seed,
+        causal = masking_check(model, chosen, budgets, scores, mask_k, n_random, threshold, seed,
                                rouge_reference, progress, base_accuracy=summary["accuracy"])
-    kv = model.kv_head_matrix()
     provenance = build_provenance(
         model,
         task=task.describe(),
         analyzer="retrieval_heads",
         options={"threshold": threshold, "rouge_reference": rouge_reference, "max_new_tokens": max_new_tokens,
-                 "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed},
+                 "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed,
+                 "trials": trials, "prefill_chunk": prefill_chunk},
         choices={
             "decoding": "greedy with the KV cache (each step feeds only the new token), stop at EOS/end-of-turn, at a token "
             "ending a sentence or line, or after max_new_tokens",
@@ -193,15 +286,15 @@ def retrieval_heads(
             "the emitted token; distinct needle positions per head / needle length",
             "counted_trials": f"ROUGE-1 recall vs the {rouge_reference} > 0.5",
             "gqa": "per query head",
-            "memory": "last query row argmax via tracer reducer; no pattern cached",
+            "memory": f"prompt prefilled into the KV cache {prefill_chunk or 'all'} queries per pass with nothing "
+            "captured; each decoding step's last-query-row argmax reduced inside the hook; no pattern kept",
             "summary": summary,
             "trials": records,
             "causal_check": causal,
         },
         seed=seed,
     )
-    return HeadScores.from_matrix(scores, model=model.spec, task=task.name, analyzer="retrieval_heads",
-                                  metric="retrieval", extra={"n": n_counted, "kv_head": kv}, provenance=provenance)
+    return retrieval_scores(model, task, scores, n_counted, provenance)
 
 
 def masking_check(model: Any, trials: list[Any], budgets: list[int], scores: np.ndarray, k: int, n_random: int,

@@ -45,6 +45,7 @@ from headscope.patching.engine import Edit, PatchEngine
 from headscope.patching.heads import head_masks
 from headscope.results import HeadScores, build_provenance
 from headscope.safety.ablation import PAPER_EPS, check_ablation, masked_mean_z
+from headscope.scale.spec import by_head
 
 Head = tuple[int, int]
 
@@ -159,6 +160,7 @@ def single_head_kls(
     summary="Ships (Zhou et al. 2024): KL of the last-token distribution when one head is ablated (query scaling)",
     tasks=("safety",),
     presets={"paper": {"ablation": "query_scale", "eps": PAPER_EPS, "kl_eps": 1e-12}},
+    shard=by_head(lambda model, task, o: select_heads(model, o.get("heads"), o.get("layers")), clears=("layers",)),
 )
 def ships(
     model: Any,

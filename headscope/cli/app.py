@@ -60,14 +60,22 @@ def score(
     top: int = typer.Option(10, "--top", min=1, help="heads to print per metric"),
     export_kv_policy: Path | None = typer.Option(None, "--export-kv-policy", help="write the heads to keep with a full KV cache (.json)"),
     kv_fraction: list[str] | None = typer.Option(None, "--kv-fraction", help="METRIC=FRACTION of heads to keep for --export-kv-policy (repeatable)"),
+    shard: str | None = typer.Option(None, "--shard", help="I/N: run shard I (0-based) of N and write its part file (merge with `headscope merge`)"),
 ) -> None:
-    """Score every head of MODEL on TASK and save tidy results."""
+    """Score every head of MODEL on TASK and save tidy results.
+
+    Under torchrun (RANK/WORLD_SIZE set) a sweep analyzer splits its units over the ranks and
+    rank 0 writes the merged file; --shard I/N runs one part without a launcher (docs/scaling.md).
+    """
     from headscope.analyzers import get_analyzer, run_analyzer
+    from headscope.cli.sharding import plan_shards
     from headscope.models import load_model
     from headscope.tasks import make_task
     from headscope.tasks.registry import get_task_info
 
     check_device(device)
+    plan = plan_shards(shard, plot=plot, export_kv_policy=export_kv_policy, device_map=device_map)
+    device = plan.device(device)
     info = get_task_info(task)
     analyzer_name = analyzer or info.default_analyzer
     an = get_analyzer(analyzer_name)
@@ -86,6 +94,8 @@ def score(
         analyzer_kw.setdefault("progress", True)
     out = out or Path("results") / f"{_slug(model)}_{task}_{analyzer_name}.parquet"
     out = _check_output(out, ".parquet", "--out")
+    if plan.active:
+        plan.check_analyzer(analyzer_name)
     if plot is not None:
         plot = _check_output(plot, ".html", "--plot")
     if export_kv_policy is not None:
@@ -95,13 +105,21 @@ def score(
         fractions = kv_policy.parse_fractions(kv_fraction)
     task_obj = make_task(task, **task_kw)
 
-    t0 = time.perf_counter()
-    with console.status(f"loading {model} ...", spinner="dots"):
-        loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
-    console.print(f"[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
-    t1 = time.perf_counter()
-    scores = run_analyzer(analyzer_name, loaded, task_obj, **analyzer_kw)
-    console.print(f"[bold]{analyzer_name}[/] on [bold]{task}[/]: {len(scores)} rows in {time.perf_counter() - t1:.1f} s")
+    def compute() -> object:
+        t0 = time.perf_counter()
+        with console.status(f"loading {model} ...", spinner="dots"):
+            loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
+        console.print(f"{plan.prefix}[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
+        t1 = time.perf_counter()
+        got = plan.run(analyzer_name, loaded, task_obj, analyzer_kw) if plan.active else \
+            run_analyzer(analyzer_name, loaded, task_obj, **analyzer_kw)
+        console.print(f"{plan.prefix}[bold]{analyzer_name}[/] on [bold]{task}[/]: {len(got)} rows in {time.perf_counter() - t1:.1f} s")
+        return got
+
+    scores = plan.execute(compute)
+    if scores is None:  # a rank other than 0: rank 0 writes the merged result
+        return
+    out = plan.output(out)
     console.print(top_table(scores, k=top))
     scores.to_parquet(out)
     console.print(f"wrote {out}")
@@ -211,11 +229,12 @@ from headscope.cli.compare import register as _register_compare  # noqa: E402
 from headscope.cli.lens import register as _register_lens  # noqa: E402
 from headscope.cli.report import register as _register_report  # noqa: E402
 from headscope.cli.run import register as _register_run  # noqa: E402
+from headscope.cli.sharding import register as _register_merge  # noqa: E402
 from headscope.cli.verify import register as _register_verify  # noqa: E402
 
 _register_ablate(app)
 _register_lens(app)
-for _register in (_register_report, _register_run, _register_compare, _register_verify):
+for _register in (_register_report, _register_run, _register_compare, _register_verify, _register_merge):
     _register(app)
 
 

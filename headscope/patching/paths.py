@@ -114,6 +114,7 @@ def path_patch(
     receivers: Receivers,
     sender_layers: list[int] | None = None,
     receiver_pos: torch.Tensor | None = None,
+    senders: list[tuple[int, int]] | None = None,
 ) -> PathPatchResult:
     """Path-patch every sender head (in ``sender_layers``, default all) into ``receivers``.
 
@@ -130,9 +131,10 @@ def path_patch(
     last = model.n_layers if receivers.act == "resid" else min(receivers.layers)
     layers = [layer for layer in (sender_layers or range(model.n_layers)) if layer < last]
     values = torch.full((model.n_layers, model.n_heads, n), float("nan"))
-    units = list(range(model.n_heads))
+    chosen = None if senders is None else {(int(a), int(b)) for a, b in senders}
+    units = {layer: [h for h in range(model.n_heads) if chosen is None or (layer, h) in chosen] for layer in layers}
     prefix = shared_prefix(clean_tokens, corrupted_tokens)
-    jobs = [(layer, chunk) for layer in layers for chunk in engine.chunks(units, pos, "senders")]
+    jobs = [(layer, chunk) for layer in layers if units[layer] for chunk in engine.chunks(units[layer], pos, "senders")]
     for layer, chunk in engine.progress_iter(jobs, "path patching"):
         k = len(chunk)
         if receivers.act == "resid":

@@ -1,0 +1,117 @@
+"""One shard of a sweep: which units it owns, where its part file goes, and running it.
+
+Shard ``I/N`` (0-based ``I``, as Slurm's ``SLURM_ARRAY_TASK_ID`` and torch.distributed's rank)
+owns units ``I, I+N, I+2N, ...`` of the run's unit list (round-robin: the patching engine's cost
+per layer falls with depth, so interleaving balances shards better than contiguous blocks).
+A shard is an ordinary analyzer call with the unit-selecting option restricted
+(:class:`headscope.scale.spec.ShardSpec`); its provenance records ``shard`` (index, count, unit,
+its units and the run's) and ``world_size``, and keeps the run's own options so that the parts
+of one run agree (:mod:`headscope.scale.merge`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headscope.errors import HeadscopeError
+from headscope.scale.spec import Unit, unit_key
+
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+PART_INFIX = ".shard-"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0 <= index < count)."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def take(self, units: list[Unit]) -> list[Unit]:
+        """This shard's units: every ``count``-th from ``index`` on."""
+        return units[self.index :: self.count]
+
+
+def parse_shard(text: str) -> Shard:
+    """``"2/8"`` -> ``Shard(2, 8)``; anything else is a one-line error."""
+    match = _SHARD.match(str(text))
+    if not match:
+        raise HeadscopeError(f"--shard {text!r} is not I/N: write e.g. --shard 0/4 (shards 0..3 of 4).")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise HeadscopeError(f"--shard {text}: I must lie in 0..N-1 and N >= 1, e.g. --shard 0/{max(count, 2)}.")
+    return Shard(index, count)
+
+
+def part_path(out: str | Path, shard: Shard) -> Path:
+    """The part file of ``shard`` for the run whose merged output is ``out``:
+    ``results/x.parquet`` -> ``results/x.shard-0002-of-0008.parquet``."""
+    out = Path(out)
+    width = max(4, len(str(shard.count - 1)))
+    return out.with_name(f"{out.stem}{PART_INFIX}{shard.index:0{width}d}-of-{shard.count:0{width}d}{out.suffix}")
+
+
+def _defaults(fn: Any) -> dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def run_units(name: str, model: Any, task: Any, **options: Any) -> tuple[Any, list[Unit]]:
+    """The analyzer's :class:`ShardSpec` and every unit of this run (a one-line error if the
+    analyzer cannot be sharded)."""
+    from headscope.analyzers.registry import ANALYZERS, get_analyzer
+
+    info = get_analyzer(name)
+    spec = info.shard
+    if spec is None:
+        sharded = sorted(a for a, i in ANALYZERS.items() if i.shard is not None)
+        raise HeadscopeError(
+            f"analyzer '{name}' cannot be split into shards: run it without --shard or a launcher "
+            f"(sharded analyzers: {', '.join(sharded)})."
+        )
+    call, _, _ = info.expand_preset(info.coerce(options))
+    return spec, [unit_key(u) for u in spec.units(model, task, call)]
+
+
+def run_shard(name: str, model: Any, task: Any, shard: Shard, **options: Any) -> Any:
+    """Run shard ``shard`` of analyzer ``name``: only its units, provenance marked as a part.
+
+    Returns:
+        HeadScores of the whole grid, computed for this shard's units (other rows as the
+        analyzer leaves uncomputed units, e.g. NaN), with ``provenance["shard"]``.
+    """
+    from headscope.analyzers.registry import get_analyzer, run_analyzer
+
+    info = get_analyzer(name)
+    spec, units = run_units(name, model, task, **options)
+    if shard.count > len(units):
+        raise HeadscopeError(
+            f"shard {shard}: this run has only {len(units)} {spec.unit}(s) to split; use at most "
+            f"{len(units)} shards."
+        )
+    mine = shard.take(units)
+    result = run_analyzer(name, model, task, **{**options, **spec.restrict(mine)})
+    call, _, _ = info.expand_preset(info.coerce(options))
+    defaults = _defaults(info.fn)
+    prov = dict(result.provenance)
+    recorded = dict(prov.get("options", {}))
+    for key in spec.options:  # the run's own values, not this shard's restriction
+        if key in recorded:
+            recorded[key] = call.get(key, defaults.get(key))
+    prov["options"] = recorded
+    prov["shard"] = {
+        "index": shard.index,
+        "count": shard.count,
+        "unit": spec.unit,
+        "units": [list(u) if isinstance(u, tuple) else u for u in mine],
+        "all_units": [list(u) if isinstance(u, tuple) else u for u in units],
+    }
+    prov["world_size"] = shard.count
+    result.provenance = prov
+    return result

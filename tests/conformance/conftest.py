@@ -43,6 +43,7 @@ CAPABILITIES: dict[str, str] = {
     "activation_patching_v": "activation patching v",
     "path_patching_resid": "path patching, senders -> logits",
     "path_patching_q": "path patching, senders -> receivers' q",
+    "edge_patching": "exact edge patching, every edge (q/k/v, MLP, logits inputs)",
     "ablation_zero": "zero ablation",
     "ablation_mean": "mean ablation",
     "ablation_resample": "resample ablation",

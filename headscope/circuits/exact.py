@@ -176,7 +176,7 @@ def exact_edge_effects(
     """
     model = engine.model
     n, pos = runs.clean_tokens.shape
-    clean_metric = runs.clean_metric
+    clean_metric = engine.metric(runs.clean.end_logits).float().cpu()  # the engine's metric (may be KL)
     result = torch.full((len(edges), n), float("nan"))
     step = slices or engine.slices_per_chunk(pos)
     for (kind, layer), idx in _group(edges).items():

@@ -20,16 +20,18 @@ from .raw_edges import edge_logits, layer_inputs, sender_deltas
 from .raw_hf import logit_diff
 
 
-def raw_edge_effects(raw, batch, edges, scale: float = 1.0) -> torch.Tensor:
-    """(len(edges), n) raw metric(patched) - metric(clean)."""
+def raw_edge_effects(raw, batch, edges, scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
+    """(len(scales), len(edges), n) raw metric(patched) - metric(clean), the receiver input
+    patched to ``clean + scale * delta``."""
     deltas = sender_deltas(raw, batch.clean, batch.corrupted)
     resid_in = layer_inputs(raw, batch.clean)
     base = logit_diff(raw.run(batch.clean).logits, batch.end, batch.answer, batch.wrong)
-    out = torch.empty(len(edges), batch.n)
-    for i, e in enumerate(edges):
-        r = e.receiver
-        logits = edge_logits(raw, batch.clean, scale * deltas[e.sender.name], r.kind, r.layer, r.input, r.unit, resid_in)
-        out[i] = logit_diff(logits, batch.end, batch.answer, batch.wrong) - base
+    out = torch.empty(len(scales), len(edges), batch.n)
+    for j, scale in enumerate(scales):
+        for i, e in enumerate(edges):
+            r = e.receiver
+            logits = edge_logits(raw, batch.clean, scale * deltas[e.sender.name], r.kind, r.layer, r.input, r.unit, resid_in)
+            out[j, i] = logit_diff(logits, batch.end, batch.answer, batch.wrong) - base
     return out
 
 
@@ -46,6 +48,34 @@ def test_edge_patching(family, pair, prompts, hs_call):
     got = hs_call(run)
     if got is REFUSED:
         return
-    want = raw_edge_effects(raw, batch, graph.edges)
+    want = raw_edge_effects(raw, batch, graph.edges)[0]
     assert want.abs().max() > 1e-2, "the reference edges should have effects"
     assert_close(got, want, f"edge effect (edge, row) over {len(graph.edges)} edges", tol=2e-4)
+
+
+@pytest.mark.capability("edge_attribution")
+def test_eap_is_the_edge_derivative(family, pair, prompts, hs_call):
+    """EAP (Syed et al. 2023) of every edge equals the derivative of the raw metric along that one
+    edge: central finite differences ``(M(+eps) - M(-eps)) / 2 eps`` (Richardson-extrapolated) with the receiver input
+    ``clean + eps * delta`` patched by raw HF hooks."""
+    from headscope.circuits.attribution import edge_attribution
+
+    batch, raw = prompts.batch, pair.raw
+    engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
+    graph = EdgeGraph.of(pair.hs)
+
+    def run():  # noqa: ANN202
+        return edge_attribution(engine, prepare(engine, batch.clean, batch.corrupted, graph), graph, steps=1)
+
+    got = hs_call(run)
+    if got is REFUSED:
+        return
+    # every third edge (all receiver kinds and inputs occur), to keep the raw sweep short
+    pick = list(range(0, len(graph.edges), 3))
+    m = raw_edge_effects(raw, batch, [graph.edges[i] for i in pick], scales=(5e-3, -5e-3, 1e-2, -1e-2)).mean(-1)
+    central = (m[0] - m[1]) / 1e-2, (m[2] - m[3]) / 2e-2
+    want = (4 * central[0] - central[1]) / 3  # Richardson: truncation error O(eps^4)
+    got = got[pick]
+    assert want.abs().max() > 1e-1, "the reference derivatives should not vanish"
+    tol = 1e-3 + 2e-3 * float(want.abs().max())
+    assert_close(got, want, f"EAP vs finite difference per edge over {len(pick)} edges", tol=tol)

@@ -1,0 +1,55 @@
+"""Circuits on planted mechanisms: the edges headscope finds are the edges that were built in."""
+
+from __future__ import annotations
+
+import pytest
+
+import headscope as hs
+from headscope.circuits.attribution import edge_attribution
+from headscope.circuits.exact import exact_edge_effects, prepare
+from headscope.circuits.graph import EdgeGraph
+from headscope.patching import PatchEngine
+from headscope.tasks.induction_contrast import InductionContrastTask
+
+
+@pytest.fixture(scope="module")
+def induction():  # noqa: ANN201
+    model = hs.load_model("toy-induction")
+    batch = InductionContrastTask(n_prompts=4, seq_len=6, seed=0).batch(model)
+    engine = PatchEngine(model, batch.end, batch.logit_diff)
+    graph = EdgeGraph.of(model)
+    runs = prepare(engine, batch.clean, batch.corrupted, graph)
+    return model, engine, graph, runs
+
+
+def test_previous_token_head_feeds_the_induction_key(induction):
+    """toy-induction (headscope/toy/induction.py): head 0.0 writes the previous token into
+    ``prev``; head 1.0's key reads ``prev``, its query reads ``tok`` and its value reads ``tok``.
+    So the planted edge is 0.0 -> 1.0's key, carrying most of the clean-vs-corrupted gap, and the
+    edges 0.0 -> 1.0's query and value carry nothing (their inputs ignore the ``prev`` subspace)."""
+    model, engine, graph, runs = induction
+    edges = [graph.edge("a0.h0", "a1.h0", act) for act in ("k", "q", "v")]
+    exact = exact_edge_effects(engine, runs, edges).mean(1)
+    gap = float(runs.corrupted_metric.mean() - runs.clean_metric.mean())
+    assert gap < -5, "the corruption should break induction"
+    assert float(exact[0]) < 0.5 * gap, f"0.0 -> 1.0<k> should carry most of the gap {gap:.2f}; got {float(exact[0]):.3f}"
+    assert exact[1:].abs().max() < 1e-4 * abs(gap), f"0.0 -> 1.0 q/v edges must be zero; got {exact[1:].tolist()}"
+    index = {e.key: i for i, e in enumerate(graph.edges)}
+    into_head = [i for i, e in enumerate(graph.edges) if e.receiver.name == "a1.h0" and e.sender.kind == "head"]
+    ig = edge_attribution(engine, runs, graph, steps=5)
+    k, q, v = (float(ig[index[e.key]]) for e in edges)
+    assert k < 0.5 * float(exact[0]) and abs(q) < 1e-6 and abs(v) < 0.2 * abs(k), f"EAP-IG k={k:.3f} q={q:.3g} v={v:.3g}"
+    top = max(into_head, key=lambda i: abs(float(ig[i])))
+    assert graph.edges[top].key == "a0.h0->a1.h0<k>"
+
+
+def test_eap_misses_the_saturated_key_edge(induction):
+    """The induction head's matching key scores 24 over the others (toy/induction.py), so its
+    softmax is saturated on the clean run: the gradient through the key is ~e^-24 and EAP, a
+    first-order estimate at the clean point, gives the planted key edge almost nothing, while its
+    exact effect is most of the gap. (This is why EAP-IG integrates along the path.)"""
+    model, engine, graph, runs = induction
+    edge = graph.edge("a0.h0", "a1.h0", "k")
+    exact = float(exact_edge_effects(engine, runs, [edge]).mean())
+    eap = float(edge_attribution(engine, runs, graph, steps=1)[graph.edges.index(edge)])
+    assert abs(eap) < 1e-2 * abs(exact), f"EAP {eap:.4g} vs exact {exact:.4g}"

@@ -1,4 +1,4 @@
-"""``headscope`` CLI: score, show, models, tasks (and ablate, lens, report, run, compare, verify).
+"""``headscope`` CLI: score, show, models, tasks (and ablate, lens, report, run, compare, verify, circuit).
 
 User errors print one line (``error: ...``) and exit 2, without a traceback. Set
 ``HEADSCOPE_DEBUG=1`` to see tracebacks of unexpected errors.
@@ -207,6 +207,7 @@ def tasks() -> None:
 
 
 from headscope.cli.ablate import register as _register_ablate  # noqa: E402
+from headscope.cli.circuit import register as _register_circuit  # noqa: E402
 from headscope.cli.compare import register as _register_compare  # noqa: E402
 from headscope.cli.lens import register as _register_lens  # noqa: E402
 from headscope.cli.report import register as _register_report  # noqa: E402
@@ -215,7 +216,7 @@ from headscope.cli.verify import register as _register_verify  # noqa: E402
 
 _register_ablate(app)
 _register_lens(app)
-for _register in (_register_report, _register_run, _register_compare, _register_verify):
+for _register in (_register_report, _register_run, _register_compare, _register_verify, _register_circuit):
     _register(app)
 
 

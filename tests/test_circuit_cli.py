@@ -1,0 +1,56 @@
+"""``headscope circuit`` end to end (EdgeScores Parquet with provenance) and its one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from headscope.results.edge_scores import read_edge_scores
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HEADSCOPE_PROGRESS": "0", "COLUMNS": "120"}
+TOY = ["--model", "toy-induction", "--task", "induction_contrast", "-o", "n_prompts=3", "-o", "seq_len=6"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "headscope", *args], capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def test_circuit_writes_edge_scores_with_provenance(tmp_path) -> None:
+    out, plot = tmp_path / "edges.parquet", tmp_path / "edges.html"
+    res = run("circuit", *TOY, "--method", "eap_ig", "-o", "steps=3", "-o", "top_edges=4", "--seed", "2", "--out", str(out),
+              "--plot", str(plot))
+    assert res.returncode == 0, res.stderr
+    edges = read_edge_scores(out)
+    # toy-induction, 2 layers x 2 heads (MHA), counted by hand: layer-0 q/k/v (6 inputs) read only
+    # the input: 6; m0: input + 2 heads = 3; layer-1 q/k/v: 6 x (input, a0.h0, a0.h1, m0) = 24;
+    # m1: those 4 + 2 layer-1 heads = 6; logits: all 7 senders. Total 46.
+    assert len(edges) == 46
+    assert int(edges["circuit"].sum()) == 4
+    top = edges.top(4)
+    assert set(top.index) == set(edges.index[edges["circuit"]])
+    prov = edges.provenance
+    assert prov["analyzer"] == "circuit:eap_ig" and prov["options"]["steps"] == 3 and prov["task"]["seed"] == 2
+    assert "libraries" in prov and "KV head" in prov["choices"]["gqa"]
+    assert "a0.h0 -> a1.h0<k>" in res.stdout
+    html = plot.read_text()
+    assert "Plotly.newPlot" in html and "a0.h0 -\\u003e a1.h0\\u003ck\\u003e" in html  # plotly escapes < and >
+
+
+ERRORS = [
+    (["circuit", *TOY, "--method", "eap_gi"], "Did you mean 'eap_ig'"),
+    (["circuit", *TOY, "--method", "eap_ig", "-o", "steps=2.5"], "steps"),
+    (["circuit", *TOY, "--method", "eap", "-o", "stepz=2"], "unknown option 'stepz'"),
+    (["circuit", "--model", "toy-induction", "--task", "induction"], "contrastive task"),
+    (["circuit", *TOY, "--out", "x.csv"], "should end in .parquet"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), ERRORS)
+def test_circuit_errors_are_one_line(args, message) -> None:
+    res = run(*args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr

@@ -109,3 +109,30 @@ def test_eap_ig_converges_on_a_linear_toy(interpolation, prompts, tmp_path):
               for s in (1, 4, 32)}
     assert errors[1] > 0.05 * abs(want), f"EAP should be off on this toy: {errors}"
     assert errors[32] < errors[4] < errors[1] and errors[32] < 0.02 * abs(want), f"no convergence to {want:.4f}: {errors}"
+
+
+@pytest.mark.capability("circuit_evaluation")
+def test_removed_edges_interpolate_clean_and_corrupted(family, pair, prompts, hs_call):
+    """The model with edges removed (patched to the corrupted run, ACDC semantics): none removed is
+    the raw clean run; one removed is raw edge patching of that edge; all removed is the raw
+    corrupted run (families without post-norms, where head outputs sum to the sublayer output)."""
+    from headscope.circuits.patched_graph import graph_metric
+
+    batch, raw = prompts.batch, pair.raw
+    engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
+    graph = EdgeGraph.of(pair.hs)
+    runs = hs_call(lambda: prepare(engine, batch.clean, batch.corrupted, graph))
+    if runs is REFUSED:
+        return
+    metric = lambda toks: logit_diff(raw.run(toks).logits, batch.end, batch.answer, batch.wrong)  # noqa: E731
+    n_edges = len(graph.edges)
+    none = torch.zeros(n_edges, dtype=torch.bool)
+    assert_close(graph_metric(engine, runs, graph, none), metric(batch.clean), "no edge removed vs raw clean run")
+    if not raw.post_norms:
+        assert_close(graph_metric(engine, runs, graph, ~none), metric(batch.corrupted), "all edges removed vs raw corrupted run")
+    pick = list(range(0, n_edges, max(1, n_edges // 8)))
+    want = raw_edge_effects(raw, batch, [graph.edges[i] for i in pick])[0] + metric(batch.clean)
+    for j, i in enumerate(pick):
+        one = none.clone()
+        one[i] = True
+        assert_close(graph_metric(engine, runs, graph, one), want[j], f"only {graph.edges[i].key} removed vs raw edge patching")

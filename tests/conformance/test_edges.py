@@ -136,3 +136,80 @@ def test_removed_edges_interpolate_clean_and_corrupted(family, pair, prompts, hs
         one = none.clone()
         one[i] = True
         assert_close(graph_metric(engine, runs, graph, one), want[j], f"only {graph.edges[i].key} removed vs raw edge patching")
+
+
+def _hf_head_weights(raw, layer: int) -> dict[str, list[torch.Tensor]]:
+    """Per-head W_Q (H), W_K, W_V (KV heads), W_O (H) of one layer, read from the HF modules and
+    written for row vectors (x @ W): (d_model, d_head) and (d_head, d_model)."""
+    attn, dh = raw.attn(layer), raw.d_head
+    if raw.type == "gpt2":  # Conv1D c_attn: x @ weight, columns [q | k | v], heads-major
+        w, o = attn.c_attn.weight.detach(), attn.c_proj.weight.detach()
+        d = raw.d_model
+        cols = lambda base, i: w[:, base + i * dh: base + (i + 1) * dh]  # noqa: E731
+        return {"q": [cols(0, h) for h in range(raw.n_heads)], "k": [cols(d, h) for h in range(raw.n_kv)],
+                "v": [cols(2 * d, h) for h in range(raw.n_kv)], "o": [o[h * dh:(h + 1) * dh] for h in range(raw.n_heads)]}
+    rows = lambda lin, i: lin.weight.detach()[i * dh:(i + 1) * dh].T  # noqa: E731  (nn.Linear: x @ weight.T)
+    return {"q": [rows(attn.q_proj, h) for h in range(raw.n_heads)], "k": [rows(attn.k_proj, g) for g in range(raw.n_kv)],
+            "v": [rows(attn.v_proj, g) for g in range(raw.n_kv)],
+            "o": [attn.o_proj.weight.detach()[:, h * dh:(h + 1) * dh].T for h in range(raw.n_heads)]}
+
+
+def _hf_norm(raw, module) -> torch.Tensor:  # noqa: ANN001
+    """A norm's linear part as a matrix, by hand: LayerNorm centres; Gemma multiplies by 1 + weight."""
+    d = raw.d_model
+    if module is None:
+        return torch.eye(d)
+    w = module.weight.detach().float()
+    w = 1.0 + w if raw.type.startswith("gemma") else w
+    centre = torch.eye(d) - 1.0 / d if isinstance(module, torch.nn.LayerNorm) else torch.eye(d)
+    return centre @ torch.diag(w)
+
+
+@pytest.mark.parametrize("fam", ["llama", "gpt2", "qwen3", "gemma2"])
+def test_composition_scores_match_a_hand_formula(fam, zoo_cache):
+    """Q/K/V composition (Elhage et al. 2021) from HF weights by hand: repeat-kv head mapping
+    (query head h reads KV head h // group), ln1 folded as centre * weight (1 + weight on Gemma),
+    Gemma-2's post-attention norm on the writer, Qwen3's per-head q/k-norm weights; k/v receivers
+    are KV heads with their group's query heads stacked."""
+    from headscope.circuits.composition import composition_scores
+
+    pair = zoo_cache[fam]
+    raw, hs_model = pair.raw, pair.hs
+    graph = EdgeGraph.of(hs_model)
+    edges, got = composition_scores(hs_model, graph)
+    W = {layer: _hf_head_weights(raw, layer) for layer in range(raw.n_layers)}
+
+    def ln1(layer: int) -> torch.Tensor:
+        return _hf_norm(raw, raw.input_norm(layer))
+
+    def qk(layer: int, h: int) -> torch.Tensor:
+        g = h // raw.group
+        wq, wk = ln1(layer) @ W[layer]["q"][h], ln1(layer) @ W[layer]["k"][g]
+        if raw.type == "qwen3":
+            wq, wk = wq * raw.attn(layer).q_norm.weight.detach(), wk * raw.attn(layer).k_norm.weight.detach()
+        return wq @ wk.T
+
+    def ov_in(layer: int, h: int) -> torch.Tensor:
+        return ln1(layer) @ W[layer]["v"][h // raw.group] @ W[layer]["o"][h]
+
+    def ov_out(layer: int, h: int) -> torch.Tensor:
+        post = _hf_norm(raw, raw.post_attn_norm(layer)) if raw.post_norms else torch.eye(raw.d_model)
+        return W[layer]["v"][h // raw.group] @ W[layer]["o"][h] @ post
+
+    def comp(left: torch.Tensor, rights: list[torch.Tensor]) -> float:
+        num = torch.stack([(left @ r).norm() ** 2 for r in rights]).sum().sqrt()
+        return float(num / (left.norm() * torch.stack([r.norm() ** 2 for r in rights]).sum().sqrt()))
+
+    want = []
+    for e in edges:
+        s, r = e.sender, e.receiver
+        left = ov_out(s.layer, s.unit)
+        members = [h for h in range(raw.n_heads) if h // raw.group == r.unit]
+        if r.input == "q":
+            want.append(comp(left, [qk(r.layer, r.unit)]))
+        elif r.input == "k":
+            want.append(comp(left, [qk(r.layer, h).T for h in members]))
+        else:
+            want.append(comp(left, [ov_in(r.layer, h) for h in members]))
+    assert len(edges) > 10 and {e.receiver.input for e in edges} == {"q", "k", "v"}
+    assert_close(got, torch.tensor(want), "composition scores (edge)", tol=1e-4)

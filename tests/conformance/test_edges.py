@@ -213,3 +213,40 @@ def test_composition_scores_match_a_hand_formula(fam, zoo_cache):
             want.append(comp(left, [ov_in(r.layer, h) for h in members]))
     assert len(edges) > 10 and {e.receiver.input for e in edges} == {"q", "k", "v"}
     assert_close(got, torch.tensor(want), "composition scores (edge)", tol=1e-4)
+
+
+class _FixedTask:
+    """The conformance prompts as a contrastive task."""
+
+    name = "conformance"
+
+    def __init__(self, batch) -> None:  # noqa: ANN001
+        self._batch = batch
+
+    def batch(self, model):  # noqa: ANN001, ANN201
+        return self._batch
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+METHOD_OPTIONS = {"eap": {}, "eap_ig": {"steps": 2}, "exact": {}, "verified": {"candidates": 4, "curve": False},
+                  "composition": {}, "routes": {}}
+
+
+@pytest.mark.capability("circuit_methods")
+def test_every_circuit_method_runs(family, pair, prompts, hs_call, tmp_path):
+    """Each registered circuit method runs and writes/reads EdgeScores; where a method is exact
+    (``exact``, the verified edges) its numbers were checked against raw HF above."""
+    from headscope.circuits.methods import CIRCUIT_METHODS, load_builtin_methods, run_circuit_method
+    from headscope.results.edge_scores import read_edge_scores
+
+    load_builtin_methods()
+    task = _FixedTask(prompts.batch)
+    for name in CIRCUIT_METHODS:
+        res = hs_call(lambda name=name: run_circuit_method(name, pair.hs, task, **METHOD_OPTIONS.get(name, {})))
+        if res is REFUSED:
+            return
+        assert len(res) > 0 and res["score"].notna().all(), name
+        back = read_edge_scores(res.to_parquet(tmp_path / f"{name}.parquet"))
+        assert back.provenance["analyzer"] == f"circuit:{name}" and len(back) == len(res)

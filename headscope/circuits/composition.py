@@ -58,54 +58,85 @@ def _qk_norm_weight(model: Any, layer: int, which: str, unit: int, d_head: int) 
 
 
 class CompositionWeights:
-    """Per-layer effective matrices of every head (see the module docstring), float32 on CPU."""
+    """Every head's effective matrices in factored form (float32, CPU), per layer stacked over heads.
+
+    Writer side ``OV_A = Lv_A Ro_A`` with ``Lv = W_V^{kv}`` (d, dh) and ``Ro = W_O P`` (dh, d);
+    reader side ``QK_B = Lq_B Lk_B^T`` with ``Lq = N W_Q D_q``, ``Lk = N W_K^{kv} D_k`` and
+    ``OV_B = Lr_B W_O^B`` with ``Lr = N W_V^{kv}`` (all (d, dh) per query head).
+    """
 
     def __init__(self, model: Any) -> None:
-        self.model = model
         d = model.d_model
-        self.ov_out: dict[tuple[int, int], torch.Tensor] = {}  # OV_A P_A (writer side)
-        self.qk: dict[tuple[int, int], torch.Tensor] = {}  # QK_B (reader side), per query head
-        self.ov_in: dict[tuple[int, int], torch.Tensor] = {}  # OV_B (reader side), per query head
+        self.lv: list[torch.Tensor] = []  # (H, d, dh)
+        self.ro: list[torch.Tensor] = []  # (H, dh, d)
+        self.lq: list[torch.Tensor] = []
+        self.lk: list[torch.Tensor] = []
+        self.lr: list[torch.Tensor] = []
+        self.wo: list[torch.Tensor] = []  # (H, dh, d)
         for layer in range(model.n_layers):
             attn = model.bridge.blocks[layer].attn
             wq, wk = attn.W_Q.detach().float().cpu(), attn.W_K.detach().float().cpu()
             wv, wo = attn.W_V.detach().float().cpu(), attn.W_O.detach().float().cpu()
             n_in = _norm_matrix(block_norm(model, layer, "ln1"), d)
             post = _norm_matrix(block_norm(model, layer, "ln1_post"), d)
-            for h in range(model.n_heads):
-                g = model.kv_head(h)
-                dq = _qk_norm_weight(model, layer, "q_norm", h, model.d_head)
-                dk = _qk_norm_weight(model, layer, "k_norm", g, model.d_head)
-                self.ov_out[(layer, h)] = wv[g] @ wo[h] @ post
-                self.qk[(layer, h)] = (n_in @ wq[h] * dq) @ (n_in @ wk[g] * dk).T
-                self.ov_in[(layer, h)] = n_in @ wv[g] @ wo[h]
+            kv = [model.kv_head(h) for h in range(model.n_heads)]
+            dq = torch.stack([_qk_norm_weight(model, layer, "q_norm", h, model.d_head) for h in range(model.n_heads)])
+            dk = torch.stack([_qk_norm_weight(model, layer, "k_norm", g, model.d_head) for g in kv])
+            self.lv.append(wv[kv])
+            self.ro.append(wo @ post)
+            self.lq.append((n_in @ wq) * dq[:, None, :])
+            self.lk.append((n_in @ wk[kv]) * dk[:, None, :])
+            self.lr.append(n_in @ wv[kv])
+            self.wo.append(wo)
 
 
-def composition_score(left: torch.Tensor, rights: list[torch.Tensor]) -> float:
-    """``sqrt(sum ||left @ R||^2) / (||left|| sqrt(sum ||R||^2))`` over the stacked ``rights``."""
-    num = sum(float((left @ r).pow(2).sum()) for r in rights) ** 0.5
-    den = float(left.norm()) * sum(float(r.pow(2).sum()) for r in rights) ** 0.5
-    return num / den if den > 0 else float("nan")
+def _sq_norms(gram_left: torch.Tensor, m: torch.Tensor, gram_right: torch.Tensor) -> torch.Tensor:
+    """``||L M R||_F^2 = tr(M^T (L^T L) M (R R^T))`` for stacks: gram_left (A, dh, dh),
+    m (A, B, dh, dh), gram_right (B, dh, dh) -> (A, B)."""
+    left = torch.einsum("axy,abyz->abxz", gram_left, m)
+    return torch.einsum("abxz,bzw,abxw->ab", left, gram_right, m)
+
+
+def composition_tables(model: Any) -> dict[str, dict[tuple[int, int], torch.Tensor]]:
+    """Squared Frobenius norms for every (writer layer, reader layer > writer layer):
+    ``{"q"|"k"|"v": {(la, lb): (H, H) ||OV_A X_B||^2}, "ov": {la: (H,) ||OV_A||^2},
+    "qk": {lb: (H,) ||QK_B||^2}, "ovb": {lb: (H,) ||OV_B||^2}}``."""
+    w = CompositionWeights(model)
+    gram = lambda x: x.transpose(-1, -2) @ x  # noqa: E731  (.., d, dh) -> (.., dh, dh)
+    out: dict[str, dict] = {"q": {}, "k": {}, "v": {}, "ov": {}, "qk": {}, "ovb": {}}
+    for layer in range(model.n_layers):
+        g_lv, g_ro = gram(w.lv[layer]), w.ro[layer] @ w.ro[layer].transpose(-1, -2)
+        out["ov"][layer] = torch.einsum("hxy,hyx->h", g_lv, g_ro)
+        g_q, g_k, g_r = gram(w.lq[layer]), gram(w.lk[layer]), gram(w.lr[layer])
+        out["qk"][layer] = torch.einsum("hxy,hyx->h", g_q, g_k)
+        g_wo = w.wo[layer] @ w.wo[layer].transpose(-1, -2)
+        out["ovb"][layer] = torch.einsum("hxy,hyx->h", g_r, g_wo)
+    for la in range(model.n_layers):
+        g_lv = gram(w.lv[la])
+        for lb in range(la + 1, model.n_layers):
+            m_q = torch.einsum("axd,bdy->abxy", w.ro[la], w.lq[lb])  # Ro_A Lq_B
+            m_k = torch.einsum("axd,bdy->abxy", w.ro[la], w.lk[lb])
+            m_v = torch.einsum("axd,bdy->abxy", w.ro[la], w.lr[lb])
+            out["q"][(la, lb)] = _sq_norms(g_lv, m_q, gram(w.lk[lb]))
+            out["k"][(la, lb)] = _sq_norms(g_lv, m_k, gram(w.lq[lb]))
+            out["v"][(la, lb)] = _sq_norms(g_lv, m_v, w.wo[lb] @ w.wo[lb].transpose(-1, -2))
+    return out
 
 
 def composition_scores(model: Any, graph: EdgeGraph) -> tuple[list[Edge], torch.Tensor]:
     """Q/K/V composition of every head -> later head q (per query head) / k, v (per KV head) edge."""
-    weights = CompositionWeights(model)
+    t = composition_tables(model)
     groups = model.kv_groups()
     edges, scores = [], []
     for e in graph.edges:
         s, r = e.sender, e.receiver
         if s.kind != "head" or r.kind != "head":
             continue
-        left = weights.ov_out[(s.layer, s.unit)]
-        if r.input == "q":
-            rights = [weights.qk[(r.layer, r.unit)]]
-        elif r.input == "k":
-            rights = [weights.qk[(r.layer, h)].T for h in groups[r.unit]]
-        else:
-            rights = [weights.ov_in[(r.layer, h)] for h in groups[r.unit]]
+        members = [r.unit] if r.input == "q" else groups[r.unit]
+        num = t[r.input][(s.layer, r.layer)][s.unit, members].sum()
+        den = t["ov"][s.layer][s.unit] * t["qk" if r.input in "qk" else "ovb"][r.layer][members].sum()
         edges.append(e)
-        scores.append(composition_score(left, rights))
+        scores.append(float((num / den).sqrt()) if den > 0 else float("nan"))
     return edges, torch.tensor(scores)
 
 

@@ -67,10 +67,10 @@ def register(app: typer.Typer) -> None:
         scores.to_parquet(out)
         console.print(f"wrote {out}")
         if plot is not None:
-            from headscope.plots.circuit import circuit_graph
+            from headscope.plots.circuit import edge_circuit_graph
             from headscope.plots.save import save_html
 
-            save_html(circuit_graph(scores), plot)
+            save_html(edge_circuit_graph(scores), plot)
             console.print(f"wrote {plot}")
 
 

@@ -32,7 +32,7 @@ def _position(name: str, n_layers: int) -> tuple[float, float]:
     raise ValueError(f"not a component name: {name}")
 
 
-def circuit_graph(scores: Any, only_circuit: bool = True, title: str | None = None) -> Any:
+def edge_circuit_graph(scores: Any, only_circuit: bool = True, title: str | None = None) -> Any:
     """A plotly figure of the circuit (or of every edge with ``only_circuit=False``)."""
     import plotly.graph_objects as go
 

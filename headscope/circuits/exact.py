@@ -26,7 +26,8 @@ How it is computed exactly (no linearisation):
    logits: ``clean final residual + delta_s`` at the last block's ``hook_resid_post``, which
    only the final norm reads.
 
-Step 2 and 3 batch many edges into one forward (one slice per edge); ``slices`` bounds that.
+Steps 2 and 3 batch many edges into one forward (one slice per edge, edges into different
+blocks together); ``slices`` bounds that.
 """
 
 from __future__ import annotations
@@ -146,12 +147,9 @@ def _keeper(store: dict[str, torch.Tensor], act: str):  # noqa: ANN202
     return fn
 
 
-def _group(edges: Sequence[Edge]) -> dict[tuple[str, int], list[int]]:
-    """Edge indices grouped by (receiver kind, layer): one start layer and site per group."""
-    groups: dict[tuple[str, int], list[int]] = {}
-    for i, e in enumerate(edges):
-        groups.setdefault((e.receiver.kind, e.receiver.layer), []).append(i)
-    return groups
+def _start_layer(e: Edge, n_layers: int) -> int:
+    """The first block a patched run of edge ``e`` must execute."""
+    return n_layers - 1 if e.receiver.kind == "logits" else e.receiver.layer
 
 
 def exact_edge_effects(
@@ -162,6 +160,11 @@ def exact_edge_effects(
     slices: int | None = None,
 ) -> torch.Tensor:
     """Exact per-prompt effects of patching each edge alone (noising, see the module docstring).
+
+    Edges are sorted by the block their patched run starts at and cut into chunks of
+    ``slices`` edges; a chunk runs once from its earliest start block, each slice carrying its
+    own edge's edit (edits of edges into later blocks leave the earlier blocks of their slice
+    clean, so the result is the same as a run from their own block).
 
     Args:
         engine: the engine the runs were prepared on.
@@ -179,34 +182,45 @@ def exact_edge_effects(
     clean_metric = engine.metric(runs.clean.end_logits).float().cpu()  # the engine's metric (may be KL)
     result = torch.full((len(edges), n), float("nan"))
     step = slices or engine.slices_per_chunk(pos)
-    for (kind, layer), idx in _group(edges).items():
-        if kind == "head":
-            senders = list(dict.fromkeys(edges[i].sender.name for i in idx))
-            where = {s: j for j, s in enumerate(senders)}
-            inputs = head_inputs(engine, runs, layer, senders, scale)
-        for start in range(0, len(idx), step):
-            chunk = idx[start : start + step]
-            k = len(chunk)
-            if kind == "head":
-                edits = []
-                for act in "qkv":
-                    mine = [(j, edges[i]) for j, i in enumerate(chunk) if edges[i].receiver.input == act]
-                    if not mine:
-                        continue
-                    units = inputs[act].shape[3]
-                    mask = torch.zeros(k, n, pos, units, dtype=torch.bool)
-                    pick = torch.zeros(k, dtype=torch.long)
-                    for j, e in mine:
-                        mask[j, :, :, e.receiver.unit] = True
-                        pick[j] = where[e.sender.name]
-                    edits.append(Edit(act, layer, mask, inputs[act][pick]))
-                start_layer = layer
+    inputs: dict[int, dict[str, torch.Tensor]] = {}
+    where: dict[int, dict[str, int]] = {}
+    for layer in sorted({e.receiver.layer for e in edges if e.receiver.kind == "head"}):
+        senders = list(dict.fromkeys(e.sender.name for e in edges if e.receiver.kind == "head" and e.receiver.layer == layer))
+        where[layer] = {s: j for j, s in enumerate(senders)}
+        inputs[layer] = head_inputs(engine, runs, layer, senders, scale)
+    order = sorted(range(len(edges)), key=lambda i: _start_layer(edges[i], model.n_layers))
+    for lo in range(0, len(order), step):
+        chunk = order[lo : lo + step]
+        k = len(chunk)
+        start_layer = min(_start_layer(edges[i], model.n_layers) for i in chunk)
+        sites: dict[tuple[str, int], list[tuple[int, Edge]]] = {}
+        for j, i in enumerate(chunk):
+            e = edges[i]
+            if e.receiver.kind == "head":
+                sites.setdefault((e.receiver.input, e.receiver.layer), []).append((j, e))
             else:
-                act, start_layer, site = receiver_stream(runs, edges[chunk[0]].receiver, model.n_layers)
-                source = torch.stack([site + scale * runs.deltas[edges[i].sender.name] for i in chunk])
-                edits = [Edit(act, start_layer, torch.ones(k, n, pos, dtype=torch.bool), source)]
-            vals, _ = engine.run_edits(start_layer, runs.clean.resid_pre[start_layer], edits, k,
-                                       base=runs.clean, shared_prefix=runs.prefix)
-            assert vals is not None
-            result[chunk] = vals.float().cpu() - clean_metric
+                act, layer, _ = receiver_stream(runs, e.receiver, model.n_layers)
+                sites.setdefault((act, layer), []).append((j, e))
+        edits = []
+        for (act, layer), mine in sites.items():
+            if act in "qkv":
+                units = inputs[layer][act].shape[3]
+                mask = torch.zeros(k, n, pos, units, dtype=torch.bool)
+                pick = torch.zeros(k, dtype=torch.long)
+                for j, e in mine:
+                    mask[j, :, :, e.receiver.unit] = True
+                    pick[j] = where[layer][e.sender.name]
+                edits.append(Edit(act, layer, mask, inputs[layer][act][pick]))
+            else:
+                site = receiver_stream(runs, mine[0][1].receiver, model.n_layers)[2]
+                mask = torch.zeros(k, n, pos, dtype=torch.bool)
+                source = site.unsqueeze(0).repeat(k, 1, 1, 1)
+                for j, e in mine:
+                    mask[j] = True
+                    source[j] = site + scale * runs.deltas[e.sender.name]
+                edits.append(Edit(act, layer, mask, source))
+        vals, _ = engine.run_edits(start_layer, runs.clean.resid_pre[start_layer], edits, k,
+                                   base=runs.clean, shared_prefix=runs.prefix)
+        assert vals is not None
+        result[chunk] = vals.float().cpu() - clean_metric
     return result

@@ -3,7 +3,8 @@
 1. **EAP vs exact.** EAP scores every edge from one corrupted forward (sender differences),
    one clean forward + backward and one single-block forward + backward per layer. Exact edge
    patching needs one patched run per edge; it is timed on a seeded sample of ``--sample``
-   edges (batched as the ``verified`` method runs it) and extrapolated to all edges. Target:
+   edges (the top ``|EAP|`` ones, as ``verified`` checks them, or ``--pick random``; batched as
+   ``verified`` runs them) and extrapolated to all edges. Target:
    EAP >= 1000x faster than exact patching of every edge.
 2. **Verification batching.** The same sample patched exactly with one forward per edge
    (``slices=1``) vs batched (one slice per edge, the engine's row budget). Target: >= 3x.
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--task", default="ioi", choices=["ioi", "induction_contrast"])
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--sample", type=int, default=256, help="edges patched exactly")
+    ap.add_argument("--pick", default="top", choices=["top", "random"],
+                    help="which edges: the top |EAP| ones (what `verified` checks) or a seeded random sample")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = ap.parse_args()
@@ -63,7 +66,8 @@ def main() -> None:
     print(f"EAP, all {n_edges} edges (incl. both cached runs): {t_eap:.2f} s")
 
     gen = torch.Generator().manual_seed(args.seed)
-    pick = torch.randperm(n_edges, generator=gen)[: min(args.sample, n_edges)].tolist()
+    m = min(args.sample, n_edges)
+    pick = (scores.abs().argsort(descending=True)[:m] if args.pick == "top" else torch.randperm(n_edges, generator=gen)[:m]).tolist()
     sample = [graph.edges[i] for i in pick]
     with torch.inference_mode():
         t0 = time.perf_counter()

@@ -81,3 +81,31 @@ def test_verified_pruning_recovers_the_planted_circuit():
     assert at5["faithfulness"] > 0.95 and abs(at5["random_mean"]) < 0.05
     verified = edges[edges["exact"].notna()]
     assert len(verified) == 12 and choices["verification"]["rank_correlation"] is not None
+
+
+def test_route_importance_is_the_papers_proximity():
+    """Ferrando & Voita 2024, Eq. 2, by hand: y = (1.5, 1) from x1 = (1, 1), x2 = (0.5, 0):
+    ||y||_1 = 2.5, ||y - x1||_1 = 0.5, ||y - x2||_1 = 2 -> proximities 2 and 0.5 -> 0.8, 0.2."""
+    import torch
+
+    from headscope.circuits.routes import proximity_importance
+
+    parts = torch.tensor([[1.0, 1.0], [0.5, 0.0]])
+    got = proximity_importance(parts, parts.sum(0))
+    assert torch.allclose(got, torch.tensor([0.8, 0.2]))
+    far = torch.tensor([[3.0, 0.0], [-2.0, 1.0]])  # y = (1, 1): both farther from y than 0 is -> 0
+    assert proximity_importance(far, far.sum(0)).tolist() == [0.0, 0.0]
+
+
+def test_routes_follow_the_induction_value_path():
+    """From the prediction at END: the induction head 1.0 writes into the logits; its value reads
+    the copied token from the embedding at the attended position; queries and keys carry no
+    information, so routes give every q/k edge 0 (the previous-token head's key edge included)."""
+    from headscope.circuits.methods import run_circuit_method
+
+    model = hs.load_model("toy-induction")
+    task = InductionContrastTask(n_prompts=4, seq_len=6, seed=0)
+    edges = run_circuit_method("routes", model, task)
+    kept = {(r.sender, r.receiver, r.receiver_input) for r in edges[edges["circuit"]].itertuples()}
+    assert {("a1.h0", "logits", "in"), ("input", "a1.h0", "v")} <= kept
+    assert (edges[edges["receiver_input"].isin(["q", "k"])]["score"] == 0).all()

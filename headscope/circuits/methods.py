@@ -30,7 +30,8 @@ from headscope.analyzers.registry import AnalyzerInfo
 from headscope.errors import HeadscopeError, suggest
 
 CIRCUIT_METHODS: dict[str, AnalyzerInfo] = {}
-_BUILTIN = ("headscope.circuits.methods", "headscope.circuits.prune", "headscope.circuits.composition")
+_BUILTIN = ("headscope.circuits.methods", "headscope.circuits.prune", "headscope.circuits.composition",
+            "headscope.circuits.routes")
 
 
 def register_circuit_method(name: str, summary: str, presets: Mapping[str, Mapping[str, Any]] | None = None

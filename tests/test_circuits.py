@@ -109,3 +109,23 @@ def test_routes_follow_the_induction_value_path():
     kept = {(r.sender, r.receiver, r.receiver_input) for r in edges[edges["circuit"]].itertuples()}
     assert {("a1.h0", "logits", "in"), ("input", "a1.h0", "v")} <= kept
     assert (edges[edges["receiver_input"].isin(["q", "k"])]["score"] == 0).all()
+
+
+def test_kl_metric_has_no_eap_gradient_at_the_clean_run(induction):
+    """``-KL(clean || run)`` is maximal (0) at the clean run, so its gradient there vanishes and
+    EAP scores every edge 0 under metric=kl, while the exact KL effect of the planted key edge is
+    negative (patching it changes the prediction) and EAP-IG, integrating along the path, sees it."""
+    from headscope.circuits.attribution import kl_metric
+
+    model, engine, graph, runs = induction
+    edge = graph.edge("a0.h0", "a1.h0", "k")
+    eap = edge_attribution(engine, runs, graph, steps=1, metric="kl")
+    assert float(eap.abs().max()) < 1e-5
+    ig = float(edge_attribution(engine, runs, graph, steps=5, metric="kl")[graph.edges.index(edge)])
+    saved = engine.metric
+    engine.metric = kl_metric(runs.clean.end_logits)
+    try:
+        exact = float(exact_edge_effects(engine, runs, [edge]).mean())
+    finally:
+        engine.metric = saved
+    assert exact < -1.0 and ig < 0.25 * exact, f"exact KL effect {exact:.3f}, EAP-IG {ig:.3f}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import headscope as hs
 from headscope.circuits.attribution import edge_attribution
@@ -129,3 +130,16 @@ def test_kl_metric_has_no_eap_gradient_at_the_clean_run(induction):
     finally:
         engine.metric = saved
     assert exact < -1.0 and ig < 0.25 * exact, f"exact KL effect {exact:.3f}, EAP-IG {ig:.3f}"
+
+
+def test_eap_ig_grids(induction):
+    """The two grids share their interior points k/m, k = 1..m-1: clean_end adds the clean end
+    (k = m), corrupted_end the corrupted end (k = 0). So m * (clean_end(m) - corrupted_end(m))
+    = clean_end(1) - corrupted_end(1) (the gradients at the two ends), and clean_end(1) is EAP."""
+    model, engine, graph, runs = induction
+    one = {g: edge_attribution(engine, runs, graph, steps=1, grid=g) for g in ("clean_end", "corrupted_end")}
+    three = {g: edge_attribution(engine, runs, graph, steps=3, grid=g) for g in ("clean_end", "corrupted_end")}
+    lhs = 3 * (three["clean_end"] - three["corrupted_end"])
+    rhs = one["clean_end"] - one["corrupted_end"]
+    assert float(rhs.abs().max()) > 0.1
+    assert torch.allclose(lhs, rhs, atol=1e-3 * float(rhs.abs().max()))

@@ -17,9 +17,11 @@ Under GQA a k/v input belongs to a KV head: its gradient sums over the query hea
 
 EAP-IG replaces the clean gradient by its average over ``steps`` points on a straight path
 between the runs: ``point_k = corrupted + (k / steps) (clean - corrupted)``, ``k = 1..steps``
-(the clean end included, the corrupted end not: a right Riemann sum from the corrupted side, as
-in the authors' code, ``hannamw/EAP-IG``, ``eap/attribute.py``, ``get_scores_eap_ig``). With
-``steps=1`` it is EAP. ``interpolation="input"`` interpolates the embeddings (the paper's EAP-IG);
+(the clean end included, the corrupted end not), so that ``steps=1`` is EAP. The authors' code
+(``hannamw/EAP-IG``, ``src/eap/attribute.py`` @62f83cd, ``get_scores_eap_ig``) uses the same
+points with ``k = 0..steps-1`` for input interpolation (the corrupted end included, the clean
+end not) and ``k = 1..steps`` in ``get_scores_ig_activations``; both grids converge to the same
+integral. The reference also ungroups GQA (``ungroup_grouped_query_attention``); headscope does not. ``interpolation="input"`` interpolates the embeddings (the paper's EAP-IG);
 ``"activations"`` interpolates every sender's output (embedding, each attention and MLP sublayer
 output) at once (Marks et al. 2024's variant), keeping the gradient paths through the components.
 
@@ -41,6 +43,7 @@ from headscope.errors import HeadscopeError
 from headscope.patching.engine import PatchEngine, hook_alias
 
 INTERPOLATIONS = ("input", "activations")
+GRIDS = ("clean_end", "corrupted_end")
 
 
 def kl_metric(clean_end_logits: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -167,8 +170,12 @@ def edge_attribution(
     steps: int = 1,
     interpolation: str = "input",
     metric: str = "logit_diff",
+    grid: str = "clean_end",
 ) -> torch.Tensor:
     """EAP (``steps=1``) or EAP-IG scores of every edge of ``graph``.
+
+    ``grid``: ``clean_end`` (k = 1..steps) or ``corrupted_end`` (k = 0..steps-1, the reference's
+    input-interpolation grid).
 
     Returns:
         (len(graph.edges),) estimated ``M(edge patched) - M(clean)`` of the prompt-mean metric.
@@ -177,9 +184,11 @@ def edge_attribution(
         raise HeadscopeError(f"steps must be at least 1 (EAP-IG uses 5 by default); got {steps}.")
     if interpolation not in INTERPOLATIONS:
         raise HeadscopeError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got '{interpolation}'.")
+    if grid not in GRIDS:
+        raise HeadscopeError(f"grid must be one of {', '.join(GRIDS)}; got '{grid}'.")
     fn = metric_fn(engine, runs, metric)
     total: dict[str, torch.Tensor] = {}
-    for k in range(1, steps + 1):
+    for k in (range(1, steps + 1) if grid == "clean_end" else range(steps)):
         t = 1.0 - k / steps  # corrupted + (k/steps)(clean - corrupted) = clean + t (corrupted - clean)
         for key, g in receiver_grads(engine, runs, graph, t, interpolation, fn).items():
             total[key] = total[key] + g if key in total else g.clone()

@@ -146,9 +146,10 @@ def eap(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100,
                   {"gradient": "at the clean run, per receiver input (q/k/v through ln1 per head)"})
 
 
-@register_circuit_method("eap_ig", "EAP with integrated gradients along clean<->corrupted", presets={"paper": {"steps": 5, "interpolation": "input"}})
+@register_circuit_method("eap_ig", "EAP with integrated gradients along clean<->corrupted",
+                         presets={"paper": {"steps": 5, "interpolation": "input", "grid": "corrupted_end"}})
 def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", metric: str = "logit_diff",
-           top_edges: int = 100, threshold: float | None = None) -> Any:
+           top_edges: int = 100, threshold: float | None = None, grid: str = "clean_end") -> Any:
     """EAP-IG scores of every edge (Hanna, Pezzelle & Belinkov 2024).
 
     Args:
@@ -156,16 +157,19 @@ def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", 
         interpolation: ``input`` (embeddings) or ``activations`` (every sender's output).
         metric: ``logit_diff`` or ``kl``.
         top_edges, threshold: the circuit flag.
+        grid: ``clean_end`` (k = 1..steps: steps=1 is EAP) or ``corrupted_end`` (k = 0..steps-1,
+            the authors' input-interpolation grid; preset ``paper``).
     """
     from headscope.circuits.attribution import edge_attribution
 
     _, engine, graph, runs = setup(model, task, metric)
-    scores = edge_attribution(engine, runs, graph, steps=steps, interpolation=interpolation, metric=metric)
+    scores = edge_attribution(engine, runs, graph, steps=steps, interpolation=interpolation, metric=metric, grid=grid)
     circuit = circuit_mask(scores, top_edges, threshold)
     return result(model, task, "eap_ig", graph, runs, scores, circuit,
                   {"steps": steps, "interpolation": interpolation, "metric": metric, "top_edges": top_edges,
-                   "threshold": threshold},
-                  {"path": "right Riemann sum from the corrupted end (clean end included), as hannamw/EAP-IG"})
+                   "threshold": threshold, "grid": grid},
+                  {"path": "points corrupted + k/steps (clean - corrupted), k = 1..steps (grid clean_end: steps=1 is EAP) or "
+                           "k = 0..steps-1 (grid corrupted_end, hannamw/EAP-IG's input mode)"})
 
 
 @register_circuit_method("exact", "exact edge patching of every edge (the reference; small models)")

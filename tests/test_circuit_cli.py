@@ -54,3 +54,19 @@ def test_circuit_errors_are_one_line(args, message) -> None:
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
+
+
+def test_tasks_lists_circuit_methods() -> None:
+    res = run("tasks")
+    assert res.returncode == 0 and "circuit methods" in res.stdout and "eap_ig" in res.stdout
+
+
+def test_reading_a_head_scores_file_as_edges_is_one_line(tmp_path) -> None:
+    from headscope.errors import HeadscopeError
+    from headscope.results import HeadScores
+
+    path = HeadScores.from_matrix([[1.0]], model="m", task="t", analyzer="a", metric="x").to_parquet(tmp_path / "h.parquet")
+    with pytest.raises(HeadscopeError, match="not an edge-scores result"):
+        read_edge_scores(path)
+    with pytest.raises(HeadscopeError, match="no such edge-scores file"):
+        read_edge_scores(tmp_path / "missing.parquet")

@@ -204,6 +204,15 @@ def tasks() -> None:
         )
         table.add_row(a.name, ", ".join(a.tasks) or "any", ", ".join(a.options()), presets or "-", a.summary)
     console.print(table)
+    from headscope.circuits.methods import CIRCUIT_METHODS, load_builtin_methods
+
+    load_builtin_methods()
+    table = Table(title="circuit methods (headscope circuit --method NAME)")
+    for col in ("method", "options (-o KEY=VALUE)", "summary"):
+        table.add_column(col, overflow="fold")
+    for m in CIRCUIT_METHODS.values():
+        table.add_row(m.name, ", ".join(m.options()), m.summary)
+    console.print(table)
 
 
 from headscope.cli.ablate import register as _register_ablate  # noqa: E402

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import headscope as hs
 from headscope.results.edge_scores import read_edge_scores
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HEADSCOPE_PROGRESS": "0", "COLUMNS": "120"}
@@ -70,3 +71,14 @@ def test_reading_a_head_scores_file_as_edges_is_one_line(tmp_path) -> None:
         read_edge_scores(path)
     with pytest.raises(HeadscopeError, match="no such edge-scores file"):
         read_edge_scores(tmp_path / "missing.parquet")
+
+
+def test_show_on_an_edge_scores_file_names_the_reader(tmp_path) -> None:
+    from headscope.circuits.graph import EdgeGraph
+    from headscope.results.edge_scores import EdgeScores
+
+    graph = EdgeGraph.of(hs.load_model("toy-induction"))
+    path = EdgeScores.from_edges(graph.edges, [0.0] * len(graph.edges), [False] * len(graph.edges), model="m",
+                                 task="t", method="eap").to_parquet(tmp_path / "e.parquet")
+    res = run("show", str(path))
+    assert res.returncode == 2 and "read_edge_scores" in res.stderr and len(res.stderr.strip().splitlines()) == 1

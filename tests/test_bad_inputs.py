@@ -587,14 +587,6 @@ def test_user_file_cache_follows_content(tmp_path, monkeypatch):
     assert read_rows(path)["answer"] == [" C", " D"]
 
 
-def test_suite_is_fast(outcomes):
-    results, *_, seconds = outcomes
-    slowest = sorted(results.items(), key=lambda kv: -kv[1]["seconds"])[:8]
-    print(f"{len(CASES)} CLI/API cases in one driver process: {seconds:.1f} s; slowest: "
-          + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in slowest))
-    assert seconds < 240
-
-
 # ----------------------------------------------------------------------------- real processes
 def _interrupt(args: list[str], cwd: Path, env: dict, after: str, sig: int) -> tuple[int, str, str]:
     """Start the CLI, wait until stdout shows ``after``, send ``sig``; return (code, stdout, stderr)."""

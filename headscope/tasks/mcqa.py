@@ -193,9 +193,10 @@ class MCQATask:
 
     def split(self, model: Any) -> tuple[list[MCQAItem], list[MCQAItem]]:
         """(validation items, test items)."""
-        items = [self.item(model, q) for q in self.questions()]
-        if not 0 < self.n_val < len(items):
-            raise HeadscopeError(f"n_val must be between 1 and {len(items) - 1}.")
+        questions = self.questions()
+        if not 0 < self.n_val < len(questions):  # checked before tokenizing: a usage error comes first
+            raise HeadscopeError(f"n_val must be between 1 and {len(questions) - 1}.")
+        items = [self.item(model, q) for q in questions]
         return items[: self.n_val], items[self.n_val :]
 
     @staticmethod

@@ -43,6 +43,7 @@ CAPABILITIES: dict[str, str] = {
     "activation_patching_v": "activation patching v",
     "path_patching_resid": "path patching, senders -> logits",
     "path_patching_q": "path patching, senders -> receivers' q",
+    "path_patching_q_at_END": "path patching, senders -> receivers' q at END (paper preset)",
     "edge_patching": "exact edge patching, every edge (q/k/v, MLP, logits inputs)",
     "edge_attribution": "EAP = derivative along each edge",
     "circuit_evaluation": "edges removed (ACDC semantics)",
@@ -57,6 +58,8 @@ CAPABILITIES: dict[str, str] = {
     "logit_lens": "logit lens (real final norm)",
     "ov_circuit": "OV circuit (real norms)",
     "effective_embedding": "effective embedding (embed + MLP0)",
+    "maps_paper_copying": "MAPS paper preset, copying (k=1)",
+    "maps_paper_successor": "MAPS paper preset, successor (k=10)",
     "generation": "KV-cached decoding",
 }
 """Capability key -> label, in the order of the support matrix columns."""
@@ -88,7 +91,10 @@ def capability_of(item: pytest.Item) -> tuple[str, str] | None:
     callspec = getattr(item, "callspec", None)
     if marker is None or callspec is None or "family" not in callspec.params:
         return None
-    return str(callspec.params["family"]), marker.args[0].format(**callspec.params)
+    capability = marker.args[0].format(**callspec.params)
+    if capability not in CAPABILITIES:  # a new column must be named, or the matrix would drop it
+        raise pytest.UsageError(f"capability {capability!r} of {item.nodeid} is not in CAPABILITIES (conftest.py)")
+    return str(callspec.params["family"]), capability
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from headscope.recipes_runner.runner import check_available  # noqa: E402
 from headscope.results import read_parquet  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-EXPECTED = {"induction_heads", "ioi_circuit", "successor_heads", "retrieval_heads", "safety_heads", "attention_lens"}
+EXPECTED = {"induction_heads", "ioi_circuit", "ioi_circuit_edges", "successor_heads", "retrieval_heads", "safety_heads", "attention_lens"}
 # CI-only narrowing (SmolLM2 layers) on top of each recipe's own `quick:` settings
 WINDOW = list(range(17, 24))
 NARROW = {
@@ -194,3 +194,37 @@ def test_circuit_recipe_recovers_the_planted_toy_circuit(tmp_path):
     assert got == {f"{il}.{ih}": "induction", f"{pl}.{ph}": "previous token"}
     page = result.report.read_text()
     assert "path patching: sender → receiver" in page and "circuit graph" in page
+
+
+def test_circuit_steps_run_and_report_on_toy_induction(tmp_path):
+    """A recipe with circuit steps (EdgeScores files) next to an analyzer step: the verified
+    circuit is toy-induction's planted one, steps resume, and the report draws the edges."""
+    from headscope.results.edge_scores import read_edge_scores
+
+    recipe_file = tmp_path / "edges.yaml"
+    recipe_file.write_text(
+        "name: toy_edges\nmodel: toy-induction\ntask: induction_contrast\n"
+        "task_params: {n_prompts: 4, seq_len: 6, seed: 0}\nsteps:\n"
+        "  - {id: act, analyzer: activation_patching, options: {act: z}}\n"
+        "  - {id: ver, circuit: verified, options: {candidates: 12, curve: false}}\n"
+        "figures:\n  - {kind: edges, steps: [ver]}\n"
+    )
+    result = run_recipe(load_recipe(recipe_file), out_dir=tmp_path / "o", log=lambda _: None)
+    edges = read_edge_scores(result.paths["ver"])
+    kept = {(r.sender, r.receiver, r.receiver_input) for r in edges[edges["circuit"]].itertuples()}
+    assert ("a0.h0", "a1.h0", "k") in kept and len(kept) == 4
+    assert edges.provenance["recipe"]["step"] == "ver"
+    assert "edge circuit: ver" in result.report.read_text()
+    again = run_recipe(load_recipe(recipe_file), out_dir=tmp_path / "o", log=lambda _: None, report=False)
+    assert again.skipped == ["act", "ver"]
+
+
+def test_circuit_step_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nmodel: toy-induction\ntask: induction_contrast\nsteps:\n  - {id: e, circuit: eap_gi}\n")
+    with pytest.raises(HeadscopeError, match="Did you mean 'eap_ig'"):
+        run_recipe(load_recipe(bad), out_dir=tmp_path / "o", log=lambda _: None)
+    bad.write_text("name: b\nmodel: toy-induction\ntask: induction_contrast\nsteps:\n"
+                   "  - {id: e, circuit: eap_ig, options: {steps: two}}\n")
+    with pytest.raises(HeadscopeError, match="steps"):
+        run_recipe(load_recipe(bad), out_dir=tmp_path / "o", log=lambda _: None)

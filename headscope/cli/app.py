@@ -1,4 +1,4 @@
-"""``headscope`` CLI: score, show, models, tasks (and ablate, lens, report, run, compare, verify).
+"""``headscope`` CLI: score, show, models, tasks (and ablate, lens, report, run, compare, verify, circuit).
 
 User errors print one line (``error: ...``) and exit 2, without a traceback. Set
 ``HEADSCOPE_DEBUG=1`` to see tracebacks of unexpected errors.
@@ -222,9 +222,19 @@ def tasks() -> None:
         )
         table.add_row(a.name, ", ".join(a.tasks) or "any", ", ".join(a.options()), presets or "-", a.summary)
     console.print(table)
+    from headscope.circuits.methods import CIRCUIT_METHODS, load_builtin_methods
+
+    load_builtin_methods()
+    table = Table(title="circuit methods (headscope circuit --method NAME)")
+    for col in ("method", "options (-o KEY=VALUE)", "summary"):
+        table.add_column(col, overflow="fold")
+    for m in CIRCUIT_METHODS.values():
+        table.add_row(m.name, ", ".join(m.options()), m.summary)
+    console.print(table)
 
 
 from headscope.cli.ablate import register as _register_ablate  # noqa: E402
+from headscope.cli.circuit import register as _register_circuit  # noqa: E402
 from headscope.cli.compare import register as _register_compare  # noqa: E402
 from headscope.cli.lens import register as _register_lens  # noqa: E402
 from headscope.cli.report import register as _register_report  # noqa: E402
@@ -234,7 +244,8 @@ from headscope.cli.verify import register as _register_verify  # noqa: E402
 
 _register_ablate(app)
 _register_lens(app)
-for _register in (_register_report, _register_run, _register_compare, _register_verify, _register_merge):
+for _register in (_register_report, _register_run, _register_compare, _register_verify, _register_merge,
+                  _register_circuit):
     _register(app)
 
 

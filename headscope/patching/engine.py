@@ -69,12 +69,21 @@ ACT_HOOKS = {
     "pattern": "blocks.{l}.attn.hook_pattern",
 }
 PATCH_ACTS = tuple(ACT_HOOKS)
+STREAM_HOOKS = {
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_post": "blocks.{l}.hook_resid_post",  # the last layer's feeds only the final norm
+    "attn_out": "blocks.{l}.hook_attn_out",  # what the attention sublayer adds to the residual
+    "mlp_out": "blocks.{l}.hook_mlp_out",  # what the MLP sublayer adds to the residual
+    "ln2_in": "blocks.{l}.ln2.hook_in",  # the MLP's input residual, before its norm
+    "mlp_in": "blocks.{l}.mlp.hook_in",  # the MLP module's input (after ln2 where there is one)
+}
+"""Residual-stream-shaped (n, pos, d_model) hook sites; edits there take masks (k, n, pos)."""
 
 
 def hook_alias(act: str, layer: int) -> str:
-    """Bridge hook alias for a patchable activation (``resid_pre`` included)."""
-    if act == "resid_pre":
-        return f"blocks.{layer}.hook_resid_pre"
+    """Bridge hook alias for a patchable activation or a residual-stream site (:data:`STREAM_HOOKS`)."""
+    if act in STREAM_HOOKS:
+        return STREAM_HOOKS[act].format(l=layer)
     return ACT_HOOKS[act].format(l=layer)
 
 

@@ -17,14 +17,21 @@ def receiver_name(scores: HeadScores, step_id: str) -> str:
     return str(scores.provenance.get("choices", {}).get("receivers") or step_id)
 
 
-def recipe_figures(recipe: Recipe, results: dict[str, HeadScores], get_model: Callable[[], Any]) -> list[tuple[str, Any]]:
-    """Build the recipe's figures; ``get_model`` loads the model only if a figure needs it."""
+def recipe_figures(recipe: Recipe, results: dict[str, HeadScores], get_model: Callable[[], Any],
+                   edges: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
+    """Build the recipe's figures; ``get_model`` loads the model only if a figure needs it.
+    ``edges``: circuit steps' EdgeScores (figure kind ``edges``: their circuit graph)."""
     from headscope import plots
 
     figs: list[tuple[str, Any]] = []
     for fig in recipe.figures:
         kind = fig["kind"]
-        if kind == "sender_receiver":
+        if kind == "edges":
+            from headscope.plots.circuit import edge_circuit_graph
+
+            for sid in fig.get("steps", []):
+                figs.append((f"edge circuit: {sid}", edge_circuit_graph((edges or {})[sid])))
+        elif kind == "sender_receiver":
             paths = plots.path_frame({receiver_name(results[s], s): results[s] for s in fig["steps"]})
             figs.append(("path patching: sender → receiver", plots.sender_receiver_matrix(paths, top_k=fig.get("top_k", 20))))
         elif kind == "circuit":

@@ -22,6 +22,7 @@ import numpy as np
 from headscope.errors import HeadscopeError, suggest
 from headscope.recipes_runner.spec import Recipe, Step, merge
 from headscope.results import HeadScores, read_parquet
+from headscope.results.edge_scores import read_edge_scores
 
 Head = tuple[int, int]
 
@@ -119,6 +120,9 @@ def check_available(recipe: Recipe) -> None:
     load_builtin_analyzers()
     _ensure_loaded()
     for step in recipe.steps:
+        if step.kind == "circuit":
+            _check_circuit_step(recipe, step)
+            continue
         if step.kind != "analyzer":
             continue
         if step.analyzer not in ANALYZERS:
@@ -146,6 +150,31 @@ def check_available(recipe: Recipe) -> None:
             raise HeadscopeError(f"recipe '{recipe.name}' step '{step.id}': task '{step.task}' has no "
                                  f"parameter '{bad[0]}'.{suggest(bad[0], params)}")
         check_types(recipe, step)
+
+
+def _check_circuit_step(recipe: Recipe, step: Step) -> None:
+    """A circuit step's method, task and (quick) options, checked before any work."""
+    from headscope.circuits.methods import get_circuit_method
+    from headscope.tasks.registry import TASKS
+
+    where = f"recipe '{recipe.name}' step '{step.id}': "
+    try:
+        info = get_circuit_method(str(step.circuit))
+    except HeadscopeError as exc:
+        raise HeadscopeError(f"{where}{exc}") from None
+    if step.task not in TASKS:
+        raise HeadscopeError(f"{where}no task '{step.task}'.{suggest(str(step.task), TASKS)}")
+    for label, extra in (("", {}), (" (quick)", step.quick)):
+        cfg = merge({"task_params": step.task_params, "options": step.options}, extra)
+        bad = [k for k in cfg["options"] if k not in info.options()]
+        if bad:
+            raise HeadscopeError(f"{where.rstrip(': ')}{label}: circuit method '{step.circuit}' has no option '{bad[0]}'."
+                                 f"{suggest(bad[0], info.options())}")
+        bad = [k for k in cfg["task_params"] if k not in TASKS[str(step.task)].parameters()]
+        if bad:
+            raise HeadscopeError(f"{where.rstrip(': ')}{label}: task '{step.task}' has no parameter '{bad[0]}'.")
+        TASKS[str(step.task)].coerce(cfg["task_params"], where=where.rstrip(": ") + label + ": ")
+        info.coerce(cfg["options"], f"{where.rstrip(': ')}{label}: circuit ")
 
 
 def _is_selector(value: Any) -> bool:
@@ -232,6 +261,7 @@ def run_recipe(
         raise HeadscopeError(f"cannot create output directory {target}: {exc.strerror or exc}. Pass a writable --out-dir.") from None
     result = RunResult(out_dir=target)
     results: dict[str, HeadScores] = {}
+    edges: dict[str, Any] = {}  # circuit steps' EdgeScores
     holder: dict[str, Any] = {"model": loaded_model}
 
     def get_model() -> Any:
@@ -252,6 +282,9 @@ def run_recipe(
         if step.kind == "classify":
             rules = [{**r, "resolved": heads_text(select_heads(results[r["heads_from"]], r))} for r in step.classify]
             payload = {"classify": rules}
+        elif step.kind == "circuit":
+            options = dict(cfg["options"])
+            payload = {"circuit": step.circuit, "task": step.task, "task_params": cfg["task_params"], "options": options}
         else:
             options = {k: resolve(v, results) for k, v in cfg["options"].items()}
             payload = {"analyzer": step.analyzer, "task": step.task, "task_params": cfg["task_params"],
@@ -259,12 +292,12 @@ def run_recipe(
         digest = step_hash(spec, str(dtype), payload)
         if path.exists() and not force:
             try:
-                old = read_parquet(path)
+                old = read_edge_scores(path) if step.kind == "circuit" else read_parquet(path)
             except HeadscopeError:
                 old = None
             if old is not None and old.provenance.get("recipe", {}).get("hash") == digest:
                 log(f"[{i}/{n}] {step.id}: up to date ({path.name}), skipped")
-                results[step.id] = old
+                (edges if step.kind == "circuit" else results)[step.id] = old
                 result.paths[step.id] = path
                 result.skipped.append(step.id)
                 continue
@@ -272,6 +305,13 @@ def run_recipe(
         if step.kind == "classify":
             log(f"[{i}/{n}] {step.id}: head classes from {', '.join(dict.fromkeys(r['heads_from'] for r in step.classify))}")
             scores = classify(step, results, recipe.name)
+        elif step.kind == "circuit":
+            from headscope.circuits.methods import run_circuit_method
+
+            log(f"[{i}/{n}] {step.id}: circuit {step.circuit} on {step.task} "
+                f"{json.dumps(cfg['task_params'])} {json.dumps(options, default=str)}")
+            task = make_task(str(step.task), **cfg["task_params"])
+            scores = run_circuit_method(str(step.circuit), get_model(), task, **options)
         else:
             log(f"[{i}/{n}] {step.id}: {step.analyzer} on {step.task} "
                 f"{json.dumps(cfg['task_params'])} {json.dumps(options, default=str)}")
@@ -286,17 +326,17 @@ def run_recipe(
         scores.to_parquet(path)
         result.seconds[step.id] = time.perf_counter() - t0
         log(f"[{i}/{n}] {step.id}: {len(scores)} rows in {result.seconds[step.id]:.1f} s -> {path}")
-        results[step.id] = scores
+        (edges if step.kind == "circuit" else results)[step.id] = scores
         result.paths[step.id] = path
         result.ran.append(step.id)
     if report:
         from headscope.recipes_runner.figures import recipe_figures
         from headscope.report import build_report
 
-        figs = recipe_figures(recipe, results, get_model)
+        figs = recipe_figures(recipe, results, get_model, edges)
         notes = " ".join(x for x in (recipe.paper and f"Paper: {recipe.paper}.", recipe.description,
                                      f"Model: {spec}" + (" (quick settings)." if quick else ".")) if x)
-        result.report = build_report([result.paths[s.id] for s in recipe.steps], target / "report.html",
+        result.report = build_report([result.paths[s.id] for s in recipe.steps if s.kind != "circuit"], target / "report.html",
                                      title=f"{recipe.title} — {spec}", extra_figures=figs, notes=notes)
         log(f"wrote {result.report}")
     return result

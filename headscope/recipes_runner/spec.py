@@ -43,10 +43,10 @@ from typing import Any
 
 from headscope.errors import HeadscopeError, suggest
 
-STEP_KEYS = {"id", "analyzer", "task", "task_params", "options", "quick", "classify", "description"}
+STEP_KEYS = {"id", "analyzer", "circuit", "task", "task_params", "options", "quick", "classify", "description"}
 RECIPE_KEYS = {"name", "title", "paper", "description", "model", "device", "dtype", "task", "task_params",
                "steps", "figures", "outputs", "quick", "notes"}
-FIGURE_KINDS = ("sender_receiver", "circuit", "attention", "lens", "heatmap")
+FIGURE_KINDS = ("sender_receiver", "circuit", "attention", "lens", "heatmap", "edges")
 ORDERS = ("descending", "ascending", "absolute")
 OUTPUT_KEYS = {"dir"}
 STEP_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -80,10 +80,13 @@ def check_output_dir(value: Any, where: str) -> str:
 
 @dataclass
 class Step:
-    """One recipe step: an analyzer run (``analyzer``) or a head classification (``classify``)."""
+    """One recipe step: an analyzer run (``analyzer``), a circuit method run (``circuit``: its
+    output is an :class:`~headscope.results.edge_scores.EdgeScores` file) or a head
+    classification (``classify``)."""
 
     id: str
     analyzer: str | None = None
+    circuit: str | None = None
     task: str | None = None
     task_params: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +96,7 @@ class Step:
 
     @property
     def kind(self) -> str:
-        return "classify" if self.classify else "analyzer"
+        return "classify" if self.classify else "circuit" if self.circuit else "analyzer"
 
 
 @dataclass
@@ -197,7 +200,7 @@ def load_recipe(path: str | Path) -> Recipe:
         extra = sorted(set(raw) - STEP_KEYS)
         if extra:
             raise HeadscopeError(f"{where}: unknown key '{extra[0]}'.{suggest(extra[0], STEP_KEYS)}")
-        sid = check_step_id(str(raw.get("id") or raw.get("analyzer") or f"step{i + 1}"), where)
+        sid = check_step_id(str(raw.get("id") or raw.get("analyzer") or raw.get("circuit") or f"step{i + 1}"), where)
         for key in ("task_params", "options", "quick"):
             if not isinstance(raw.get(key) or {}, dict):
                 raise HeadscopeError(f"{where} ({sid}): '{key}' must be a mapping (KEY: VALUE lines).")
@@ -208,8 +211,8 @@ def load_recipe(path: str | Path) -> Recipe:
             raise HeadscopeError(f"{where} ({sid}): 'classify' must be a list of rules (mappings).")
         if sid in [s.id for s in steps]:
             raise HeadscopeError(f"{where}: duplicate step id '{sid}'.")
-        if bool(raw.get("analyzer")) == bool(raw.get("classify")):
-            raise HeadscopeError(f"{where} ({sid}): give exactly one of 'analyzer' or 'classify'.")
+        if sum(bool(raw.get(k)) for k in ("analyzer", "classify", "circuit")) != 1:
+            raise HeadscopeError(f"{where} ({sid}): give exactly one of 'analyzer', 'circuit' or 'classify'.")
         ids = [s.id for s in steps]
         for value in (raw.get("options") or {}).values():
             _check_selector(f"{where} ({sid})", value, ids)
@@ -218,10 +221,10 @@ def load_recipe(path: str | Path) -> Recipe:
                 raise HeadscopeError(f"{where} ({sid}): each classify rule needs 'class' and 'heads_from'.")
             _check_selector(f"{where} ({sid})", rule, ids)
         task = raw.get("task", data.get("task"))
-        if raw.get("analyzer") and not task:
+        if (raw.get("analyzer") or raw.get("circuit")) and not task:
             raise HeadscopeError(f"{where} ({sid}): no task (set 'task' on the step or the recipe).")
         steps.append(Step(
-            id=sid, analyzer=raw.get("analyzer"), task=task,
+            id=sid, analyzer=raw.get("analyzer"), circuit=raw.get("circuit"), task=task,
             task_params=merge(data.get("task_params") or {}, raw.get("task_params") or {}),
             options=dict(raw.get("options") or {}), quick=dict(raw.get("quick") or {}),
             classify=list(raw.get("classify") or []), description=str(raw.get("description", "")),

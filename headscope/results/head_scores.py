@@ -188,6 +188,9 @@ def read_parquet(path: str | Path) -> HeadScores:
     if not isinstance(out.provenance, dict):
         raise HeadscopeError(f"{target} has unreadable headscope provenance metadata (not a JSON object).")
     missing = [c for c in REQUIRED_COLUMNS if c not in out.columns]
+    if missing and {"sender", "receiver", "receiver_input"} <= set(out.columns):
+        raise HeadscopeError(f"{target} holds edge scores (headscope circuit), not head scores: read it with "
+                             "headscope.results.edge_scores.read_edge_scores.")
     if missing:
         raise HeadscopeError(f"{target} is not a headscope result (missing columns {missing}).")
     for col in ("layer", "head"):

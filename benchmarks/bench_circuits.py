@@ -1,0 +1,93 @@
+"""Benchmark: edge attribution (EAP) vs exact edge patching, and batched vs per-edge verification.
+
+1. **EAP vs exact.** EAP scores every edge from one corrupted forward (sender differences),
+   one clean forward + backward and one single-block forward + backward per layer. Exact edge
+   patching needs one patched run per edge; it is timed on a seeded sample of ``--sample``
+   edges (the top ``|EAP|`` ones, as ``verified`` checks them, or ``--pick random``; batched as
+   ``verified`` runs them) and extrapolated to all edges. Target:
+   EAP >= 1000x faster than exact patching of every edge.
+2. **Verification batching.** The same sample patched exactly with one forward per edge
+   (``slices=1``) vs batched (one slice per edge, the engine's row budget). Target: >= 3x.
+   The two must agree to float tolerance (printed).
+
+Also printed: the Spearman rank correlation between EAP and the exact effects on the sample.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_circuits.py --prompts 8 --sample 256
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_circuits.py --model toy-induction \\
+        --task induction_contrast --prompts 4 --sample 32        # a seconds-long smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--task", default="ioi", choices=["ioi", "induction_contrast"])
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--sample", type=int, default=256, help="edges patched exactly")
+    ap.add_argument("--pick", default="top", choices=["top", "random"],
+                    help="which edges: the top |EAP| ones (what `verified` checks) or a seeded random sample")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import headscope
+    from headscope.analyzers.activation_patching import engine_for
+    from headscope.circuits.attribution import edge_attribution
+    from headscope.circuits.exact import exact_edge_effects, prepare
+    from headscope.circuits.graph import EdgeGraph
+    from headscope.patching.attribution import rank_correlation
+    from headscope.tasks import make_task
+
+    model = headscope.load_model(args.model)
+    params = {"n_prompts": args.prompts} if args.task == "ioi" else {"n_prompts": args.prompts, "seq_len": 8}
+    batch = make_task(args.task, **params).batch(model)
+    engine = engine_for(model, batch)
+    graph = EdgeGraph.of(model)
+    n_edges = len(graph.edges)
+    print(f"model {model!r}; {args.task}: {batch.n} prompts x {batch.clean.shape[1]} tokens; {n_edges} edges; "
+          f"torch threads {torch.get_num_threads()}")
+
+    t0 = time.perf_counter()
+    runs = prepare(engine, batch.clean, batch.corrupted, graph)
+    scores = edge_attribution(engine, runs, graph, steps=1)
+    t_eap = time.perf_counter() - t0
+    print(f"EAP, all {n_edges} edges (incl. both cached runs): {t_eap:.2f} s")
+
+    gen = torch.Generator().manual_seed(args.seed)
+    m = min(args.sample, n_edges)
+    pick = (scores.abs().argsort(descending=True)[:m] if args.pick == "top" else torch.randperm(n_edges, generator=gen)[:m]).tolist()
+    sample = [graph.edges[i] for i in pick]
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        batched = exact_edge_effects(engine, runs, sample)
+        t_batched = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        single = exact_edge_effects(engine, runs, sample, slices=1)
+        t_single = time.perf_counter() - t0
+    per_edge = t_batched / len(sample)
+    full = per_edge * n_edges
+    print(f"exact edge patching, {len(sample)} sampled edges: batched {t_batched:.2f} s "
+          f"({1000 * per_edge:.2f} ms/edge) -> all edges ~{full:.1f} s (extrapolated)")
+    print(f"  EAP vs exact (all edges): {full / t_eap:.0f}x   (target >= 1000x)")
+    print(f"verification, one forward per edge: {t_single:.2f} s; batched {t_batched:.2f} s: "
+          f"{t_single / t_batched:.1f}x   (target >= 3x); max |diff| {float((single - batched).abs().max()):.2e}")
+    exact = batched.mean(1)
+    corr = rank_correlation(scores[pick], exact)
+    print(f"EAP vs exact on the sample: Spearman {corr if corr is None else round(corr, 3)}, "
+          f"max |EAP - exact| {float((scores[pick] - exact).abs().max()):.3g}")
+
+
+if __name__ == "__main__":
+    main()

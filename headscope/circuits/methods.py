@@ -1,0 +1,193 @@
+"""Circuit methods, registered by name like analyzers (``headscope circuit --method NAME``).
+
+Contract: ``method(model: Model, task: Task, **options) -> EdgeScores``. Options are typed by
+the method's annotations (:mod:`headscope.params`), presets expand as for analyzers, and every
+method records its choices in the result's provenance.
+
+Built in:
+
+* ``eap``: edge attribution patching (Syed et al. 2023), :mod:`.attribution` with ``steps=1``;
+* ``eap_ig``: EAP-IG (Hanna et al. 2024), ``steps`` (default 5), input or activation
+  interpolation, logit-difference or KL metric;
+* ``exact``: exact edge patching of every edge (:mod:`.exact`), the reference the others
+  estimate (one batched forward per group of edges; use it on small models);
+* ``verified``: EAP-IG ranking, exact verification of the top edges and greedy pruning
+  (:mod:`.prune`).
+
+The circuit flag: the ``top_edges`` edges with the largest ``|score|``, or all edges with
+``|score| >= threshold`` when a threshold is given.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from headscope.analyzers.registry import AnalyzerInfo
+from headscope.errors import HeadscopeError, suggest
+
+CIRCUIT_METHODS: dict[str, AnalyzerInfo] = {}
+_BUILTIN = ("headscope.circuits.methods", "headscope.circuits.prune", "headscope.circuits.composition",
+            "headscope.circuits.routes")
+
+
+def register_circuit_method(name: str, summary: str, presets: Mapping[str, Mapping[str, Any]] | None = None
+                            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``fn(model, task, **options) -> EdgeScores`` under ``name``."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        CIRCUIT_METHODS[name] = AnalyzerInfo(name, fn, summary, (), dict(presets or {}))
+        return fn
+
+    return deco
+
+
+def load_builtin_methods() -> None:
+    for module in _BUILTIN:
+        importlib.import_module(module)
+
+
+def get_circuit_method(name: str) -> AnalyzerInfo:
+    load_builtin_methods()
+    if name not in CIRCUIT_METHODS:
+        raise HeadscopeError(
+            f"unknown circuit method '{name}'.{suggest(name, CIRCUIT_METHODS)} Methods: {', '.join(sorted(CIRCUIT_METHODS))}."
+        )
+    return CIRCUIT_METHODS[name]
+
+
+def run_circuit_method(name: str, model: Any, task: Any, **options: Any) -> Any:
+    """Run a registered circuit method after checking its option names and types."""
+    info = get_circuit_method(name)
+    allowed = info.options()
+    bad = [k for k in options if k not in allowed]
+    if bad:
+        raise HeadscopeError(
+            f"circuit method '{name}' has no option {bad[0]!r}.{suggest(bad[0], allowed)} Options: {', '.join(allowed) or 'none'}."
+        )
+    call, preset, applied = info.expand_preset(info.coerce(options, "circuit "))
+    result = info.fn(model, task, **call)
+    if preset is not None:
+        prov = dict(result.provenance)
+        prov["preset"], prov["preset_options"] = preset, applied
+        result.provenance = prov
+    return result
+
+
+def circuit_mask(scores: torch.Tensor, top_edges: int = 100, threshold: float | None = None) -> torch.Tensor:
+    """Bool (E,): ``|score| >= threshold`` if given, else the ``top_edges`` largest ``|score|``."""
+    if threshold is not None:
+        if threshold < 0:
+            raise HeadscopeError(f"threshold must be >= 0 (it applies to |score|); got {threshold}.")
+        return scores.abs() >= threshold
+    if top_edges < 1:
+        raise HeadscopeError(f"top_edges must be at least 1; got {top_edges}.")
+    mask = torch.zeros(len(scores), dtype=torch.bool)
+    mask[scores.abs().argsort(descending=True, stable=True)[:top_edges]] = True
+    return mask
+
+
+def setup(model: Any, task: Any, metric: str = "logit_diff", progress: bool = False) -> tuple[Any, Any, Any, Any]:
+    """(batch, engine, graph, runs) for a contrastive task; the engine reads ``metric``."""
+    from headscope.analyzers.activation_patching import engine_for, task_batch
+    from headscope.circuits.attribution import metric_fn
+    from headscope.circuits.exact import prepare
+    from headscope.circuits.graph import EdgeGraph
+
+    if metric not in ("logit_diff", "kl"):
+        raise HeadscopeError(f"metric must be logit_diff or kl; got '{metric}'.")
+    batch = task_batch(model, task)
+    engine = engine_for(model, batch, progress=progress)
+    graph = EdgeGraph.of(model)
+    runs = prepare(engine, batch.clean, batch.corrupted, graph)
+    engine.metric = metric_fn(engine, runs, metric)
+    return batch, engine, graph, runs
+
+
+def result(model: Any, task: Any, method: str, graph: Any, runs: Any, scores: torch.Tensor, circuit: torch.Tensor,
+           options: dict[str, Any], choices: dict[str, Any], extra: dict[str, Any] | None = None) -> Any:
+    """Wrap per-edge scores as :class:`EdgeScores` with provenance."""
+    from headscope.results import build_provenance
+    from headscope.results.edge_scores import EdgeScores
+
+    info = task.describe()
+    base = {
+        "score": "estimated metric(edge patched, noising: clean run, sender's corrupted output into one receiver input) - metric(clean), prompt mean, summed over positions",
+        "gqa": "k/v receivers are KV heads; an edge into a key or value is the KV head's (kv_group lists its query heads), never split",
+        "clean_metric": float(runs.clean_metric.mean()),
+        "corrupted_metric": float(runs.corrupted_metric.mean()),
+        "n_edges": len(graph.edges),
+        "circuit_edges": int(circuit.sum()),
+    }
+    prov = build_provenance(model, task=info, analyzer=f"circuit:{method}", options=options,
+                            choices={**base, **choices}, seed=info.get("seed"))
+    return EdgeScores.from_edges(graph.edges, scores.tolist(), circuit.tolist(), model=model.spec, task=task.name,
+                                 method=method, extra=extra, provenance=prov)
+
+
+@register_circuit_method("eap", "edge attribution patching: all edges from one corrupted forward and one clean forward+backward")
+def eap(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100, threshold: float | None = None) -> Any:
+    """EAP scores of every edge (Syed, Rager & Conmy 2023).
+
+    Args:
+        metric: ``logit_diff`` (the task's END logit difference) or ``kl``.
+        top_edges, threshold: the circuit flag (see the module docstring).
+    """
+    from headscope.circuits.attribution import edge_attribution
+
+    _, engine, graph, runs = setup(model, task, metric)
+    scores = edge_attribution(engine, runs, graph, steps=1, metric=metric)
+    circuit = circuit_mask(scores, top_edges, threshold)
+    return result(model, task, "eap", graph, runs, scores, circuit,
+                  {"metric": metric, "top_edges": top_edges, "threshold": threshold},
+                  {"gradient": "at the clean run, per receiver input (q/k/v through ln1 per head)"})
+
+
+@register_circuit_method("eap_ig", "EAP with integrated gradients along clean<->corrupted",
+                         presets={"paper": {"steps": 5, "interpolation": "input", "grid": "corrupted_end"}})
+def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", metric: str = "logit_diff",
+           top_edges: int = 100, threshold: float | None = None, grid: str = "clean_end") -> Any:
+    """EAP-IG scores of every edge (Hanna, Pezzelle & Belinkov 2024).
+
+    Args:
+        steps: points on the path (``corrupted + k/steps (clean - corrupted)``, k = 1..steps).
+        interpolation: ``input`` (embeddings) or ``activations`` (every sender's output).
+        metric: ``logit_diff`` or ``kl``.
+        top_edges, threshold: the circuit flag.
+        grid: ``clean_end`` (k = 1..steps: steps=1 is EAP) or ``corrupted_end`` (k = 0..steps-1,
+            the authors' input-interpolation grid; preset ``paper``).
+    """
+    from headscope.circuits.attribution import edge_attribution
+
+    _, engine, graph, runs = setup(model, task, metric)
+    scores = edge_attribution(engine, runs, graph, steps=steps, interpolation=interpolation, metric=metric, grid=grid)
+    circuit = circuit_mask(scores, top_edges, threshold)
+    return result(model, task, "eap_ig", graph, runs, scores, circuit,
+                  {"steps": steps, "interpolation": interpolation, "metric": metric, "top_edges": top_edges,
+                   "threshold": threshold, "grid": grid},
+                  {"path": "points corrupted + k/steps (clean - corrupted), k = 1..steps (grid clean_end: steps=1 is EAP) or "
+                           "k = 0..steps-1 (grid corrupted_end, hannamw/EAP-IG's input mode)"})
+
+
+@register_circuit_method("exact", "exact edge patching of every edge (the reference; small models)")
+def exact(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100, threshold: float | None = None,
+          progress: bool = False) -> Any:
+    """Exact noising effect of every edge, each patched alone (:mod:`headscope.circuits.exact`).
+
+    Args:
+        metric: ``logit_diff`` or ``kl``.
+        top_edges, threshold: the circuit flag.
+        progress: progress bar.
+    """
+    from headscope.circuits.exact import exact_edge_effects
+
+    _, engine, graph, runs = setup(model, task, metric, progress)
+    with torch.inference_mode():
+        scores = exact_edge_effects(engine, runs, graph.edges).mean(1)
+    circuit = circuit_mask(scores, top_edges, threshold)
+    return result(model, task, "exact", graph, runs, scores, circuit,
+                  {"metric": metric, "top_edges": top_edges, "threshold": threshold},
+                  {"patch": "one edge at a time, everything else clean"}, extra={"exact": scores.tolist()})

@@ -1,0 +1,166 @@
+"""Information flow routes (Ferrando & Voita 2024, "Information Flow Routes: Automatically
+Interpreting Language Models at Scale", Sec. 3), on headscope's edge graph.
+
+One clean forward, no gradients and no corrupted prompts. The route is traced top-down from the
+prediction: start at the logits' input at each prompt's END position; for an active receiver
+input at position ``p`` reading the residual ``y_p = sum_s x_{s,p} (+ biases)``, the importance
+of each upstream sender is the ALTI-style proximity (their Eq. 2, L1 distance)
+
+``imp(x_s, y) = max(||y||_1 - ||y - x_s||_1, 0) / sum_s' max(||y||_1 - ||y - x_s'||_1, 0)``.
+
+Senders with ``imp > threshold`` (the paper's tau) are kept and become active: an MLP at ``p``
+makes its own input at ``p`` active; an attention head at ``p`` splits its output into the
+pieces moved from each source position, ``A[p, p'] v_{p'} W_O^h``, and makes its **value**
+input at the source positions whose piece has ``imp > threshold`` active (information flows
+through values; queries and keys decide where it comes from but move none, so routes never
+score q or k edges: they get 0). The embedding is a leaf.
+
+Edge score: over prompts, the mean of the largest importance the edge had at an active
+position (0 where it was never reached); the circuit flag marks edges kept on some prompt's
+route. Head outputs are ``z_h W_O^h``; on post-norm families (Gemma-2/3, OLMo-2) the
+head's share of the post-attention norm's output is taken with the norm's scale frozen at the
+sublayer's (an approximation there). Under GQA a head's value input is its KV head's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from headscope.circuits.exact import mlp_input_act
+from headscope.circuits.graph import EdgeGraph
+from headscope.circuits.methods import register_circuit_method
+from headscope.errors import HeadscopeError
+from headscope.patching.engine import hook_alias
+
+
+def proximity_importance(parts: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """Ferrando & Voita's importance of each part to their sum: parts (m, d), total (d,) -> (m,)."""
+    prox = (total.abs().sum() - (total.unsqueeze(0) - parts).abs().sum(-1)).clamp(min=0)
+    s = prox.sum()
+    return prox / s if s > 0 else torch.zeros_like(prox)
+
+
+@torch.inference_mode()
+def _clean_run(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    mlp_act = mlp_input_act(model)
+    names: dict[str, str] = {"emb": hook_alias("resid_pre", 0), "final": hook_alias("resid_post", model.n_layers - 1)}
+    for layer in range(model.n_layers):
+        for act in ("resid_pre", "attn_out", "mlp_out", "z", "v", "pattern"):
+            names[f"{act}{layer}"] = hook_alias(act, layer)
+        names[f"mlp_in{layer}"] = hook_alias(mlp_act, layer)
+    wanted = set(names.values())
+    _, cache = model.bridge.run_with_cache(tokens.to(model.device), names_filter=lambda n: n in wanted)
+    return {k: cache[v].detach().float().cpu() for k, v in names.items()}
+
+
+def trace_routes(model: Any, tokens: torch.Tensor, end: torch.Tensor, graph: EdgeGraph,
+                 threshold: float = 0.04) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-edge route importance and kept flags (see the module docstring).
+
+    Returns:
+        (score (E,), kept (E,) bool).
+    """
+    run = _clean_run(model, tokens)
+    w_o = [model.bridge.blocks[layer].attn.W_O.detach().float().cpu() for layer in range(model.n_layers)]
+    post = [_post_scale(model, run, layer) for layer in range(model.n_layers)]
+    index = {e.key: i for i, e in enumerate(graph.edges)}
+    senders_of: dict[str, list[str]] = {}
+    for e in graph.edges:
+        senders_of.setdefault(e.receiver.key, []).append(e.sender.name)
+    n = tokens.shape[0]
+    best = torch.zeros(n, len(graph.edges))
+
+    def output(name: str, row: int, p: int) -> torch.Tensor:
+        if name == "input":
+            return run["emb"][row, p]
+        if name.startswith("m"):
+            return run[f"mlp_out{int(name[1:])}"][row, p]
+        layer, h = (int(x) for x in name[1:].split(".h"))
+        return (run[f"z{layer}"][row, p, h] @ w_o[layer][h]) * post[layer][row, p]
+
+    def site(key: str, row: int, p: int) -> torch.Tensor:
+        name, inp = key[:-1].split("<")
+        if name == "logits":
+            return run["final"][row, p]
+        if name.startswith("m"):
+            return run[f"mlp_in{int(name[1:])}"][row, p]
+        return run[f"resid_pre{int(name[1:].split('.')[0])}"][row, p]
+
+    for row in range(n):
+        active = {("logits<in>", int(end[row]))}
+        done: set[tuple[str, int]] = set()
+        while active:
+            key, p = active.pop()
+            done.add((key, p))
+            names = senders_of.get(key, [])
+            if not names:
+                continue
+            imp = proximity_importance(torch.stack([output(s, row, p) for s in names]), site(key, row, p))
+            for s, value in zip(names, imp.tolist(), strict=True):
+                i = index[f"{s}->{key}"]
+                best[row, i] = max(best[row, i], value)
+                if value <= threshold or s == "input":
+                    continue
+                for nxt in _upstream(model, s, row, p, run, w_o, post, threshold):
+                    if nxt not in done:
+                        active.add(nxt)
+    score = best.mean(0)
+    kept = (best > threshold).any(0)
+    return score, kept
+
+
+def _upstream(model: Any, sender: str, row: int, p: int, run: dict[str, torch.Tensor], w_o: list[torch.Tensor],
+              post: list[torch.Tensor], threshold: float) -> list[tuple[str, int]]:
+    """The receiver inputs a kept sender at position ``p`` makes active."""
+    if sender.startswith("m"):
+        return [(f"{sender}<in>", p)]
+    layer, h = (int(x) for x in sender[1:].split(".h"))
+    g = model.kv_head(h)
+    pattern = run[f"pattern{layer}"][row, h, p, : p + 1]  # (p'+1,)
+    values = run[f"v{layer}"][row, : p + 1, g]  # (p'+1, d_head)
+    pieces = pattern.unsqueeze(-1) * (values @ w_o[layer][h]) * post[layer][row, p]
+    imp = proximity_importance(pieces, pieces.sum(0))
+    name = f"a{layer}.kv{g}" if model.n_kv_heads < model.n_heads else f"a{layer}.h{g}"
+    return [(f"{name}<v>", q) for q, value in enumerate(imp.tolist()) if value > threshold]
+
+
+def _post_scale(model: Any, run: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """(n, pos, d) factor taking ``z_h W_O^h`` to its share of the attention sublayer's output:
+    ones, or the post-attention norm's elementwise weight over the sublayer's frozen scale."""
+    from headscope.models.norms import block_norm
+
+    spec = block_norm(model, layer, "ln1_post")
+    attn = run[f"attn_out{layer}"]
+    if spec is None:
+        return torch.ones(1, 1, 1).expand(*attn.shape[:2], 1)
+    pre = sum(run[f"z{layer}"][:, :, h] @ model.bridge.blocks[layer].attn.W_O.detach().float().cpu()[h]
+              for h in range(model.n_heads))
+    return spec.weight.float().cpu() / spec.scale(pre)
+
+
+@register_circuit_method("routes", "information flow routes: proximity importance traced from the prediction (no corrupted run)")
+def routes(model: Any, task: Any, threshold: float = 0.04) -> Any:
+    """Information flow routes (Ferrando & Voita 2024) on the task's clean prompts.
+
+    Args:
+        threshold: the paper's tau: edges with importance above it are kept and traced further.
+    """
+    from headscope.analyzers.activation_patching import task_batch
+    from headscope.results import build_provenance
+    from headscope.results.edge_scores import EdgeScores
+
+    if not 0 < threshold < 1:
+        raise HeadscopeError(f"threshold must be between 0 and 1 (an importance share); got {threshold}.")
+    batch = task_batch(model, task)
+    graph = EdgeGraph.of(model)
+    score, kept = trace_routes(model, batch.clean, batch.end, graph, threshold)
+    info = task.describe()
+    prov = build_provenance(model, task=info, analyzer="circuit:routes", options={"threshold": threshold},
+                            choices={"score": "mean over prompts of the largest proximity importance on the route (0: not reached)",
+                                     "inputs": "values and residual only (q/k edges are 0: they move no information)",
+                                     "start": "logits input at each prompt's END", "n_kept": int(kept.sum())},
+                            seed=info.get("seed"))
+    return EdgeScores.from_edges(graph.edges, score.tolist(), kept.tolist(), model=model.spec, task=task.name,
+                                 method="routes", provenance=prov)

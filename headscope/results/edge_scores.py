@@ -1,0 +1,120 @@
+"""``EdgeScores``: the tidy result of a circuit method, one row per edge.
+
+A ``pandas.DataFrame`` subclass with at least the columns ``model, task, method, sender,
+receiver, receiver_input, score, circuit`` (plus ``sender_layer``, ``receiver_layer`` and
+``kv_group``: the query heads a k/v receiver's KV head serves). Optional: ``exact`` (the exact
+edge-patching effect where verified), ``rank``. ``score`` is the method's estimate of
+``metric(edge patched) - metric(clean)`` of the prompt-mean metric, summed over positions;
+``circuit`` marks the edges the method keeps. Provenance lives in ``.provenance`` and travels
+in the Parquet schema metadata, exactly as for :class:`~headscope.results.HeadScores`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from headscope.errors import HeadscopeError
+from headscope.results.atomic import atomic_write
+from headscope.results.head_scores import METADATA_KEY
+
+EDGE_COLUMNS = ("model", "task", "method", "sender", "receiver", "receiver_input", "score", "circuit")
+
+
+class EdgeScores(pd.DataFrame):
+    """Tidy per-edge scores. See the module docstring for the schema."""
+
+    _metadata: list[str] = []
+
+    @property
+    def _constructor(self) -> type[EdgeScores]:
+        return EdgeScores
+
+    @classmethod
+    def from_edges(cls, edges: list[Any], scores: Any, circuit: Any, *, model: str, task: str, method: str,
+                   extra: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None) -> EdgeScores:
+        """Build from :class:`~headscope.circuits.graph.Edge` objects and per-edge arrays."""
+        data: dict[str, Any] = {
+            "model": model,
+            "task": task,
+            "method": method,
+            "sender": [e.sender.name for e in edges],
+            "receiver": [e.receiver.name for e in edges],
+            "receiver_input": [e.receiver.input for e in edges],
+            "score": [float(s) for s in scores],
+            "circuit": [bool(c) for c in circuit],
+            "sender_layer": [int(e.sender.layer) for e in edges],
+            "receiver_layer": [int(e.receiver.layer) for e in edges],
+            "kv_group": [",".join(map(str, e.receiver.kv_group)) for e in edges],
+        }
+        for key, value in (extra or {}).items():
+            data[key] = list(value)
+        out = cls(pd.DataFrame(data))
+        if provenance is not None:
+            out.provenance = provenance
+        return out
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.attrs.setdefault("provenance", {})
+
+    @provenance.setter
+    def provenance(self, value: dict[str, Any]) -> None:
+        self.attrs["provenance"] = dict(value)
+
+    def top(self, k: int = 10) -> EdgeScores:
+        """The ``k`` edges with the largest ``|score|``."""
+        order = self["score"].abs().sort_values(ascending=False, kind="stable").index[:k]
+        return self.loc[order]
+
+    def circuit_edges(self) -> EdgeScores:
+        return self[self["circuit"]]
+
+    def validate(self) -> EdgeScores:
+        missing = [c for c in EDGE_COLUMNS if c not in self.columns]
+        if missing:
+            raise ValueError(f"EdgeScores is missing columns {missing}")
+        if not pd.api.types.is_bool_dtype(self["circuit"]):
+            raise ValueError(f"column 'circuit' must be boolean, is {self['circuit'].dtype}")
+        return self
+
+    def to_parquet(self, path: str | Path, **kwargs: Any) -> Path:  # type: ignore[override]
+        """Write atomically to ``path`` with the provenance in the schema metadata."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.validate()
+        table = pa.Table.from_pandas(pd.DataFrame(self), preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[METADATA_KEY] = json.dumps(self.provenance, default=str).encode()
+        table = table.replace_schema_metadata(meta)
+        target = Path(path).expanduser()
+        with atomic_write(target, suffix=".parquet") as tmp:
+            pq.write_table(table, tmp, **kwargs)
+        return target
+
+
+def read_edge_scores(path: str | Path) -> EdgeScores:
+    """Read an EdgeScores Parquet file, restoring its provenance; one-line errors otherwise."""
+    import pyarrow.parquet as pq
+
+    target = Path(path).expanduser()
+    if not target.is_file():
+        raise HeadscopeError(f"no such edge-scores file: {target}. Check the path.")
+    try:
+        table = pq.read_table(target)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
+        raise HeadscopeError(f"{target} is not a readable Parquet file ({type(exc).__name__}).") from None
+    out = EdgeScores(table.to_pandas())
+    missing = [c for c in EDGE_COLUMNS if c not in out.columns]
+    if missing:
+        raise HeadscopeError(f"{target} is not an edge-scores result (missing columns {missing}).")
+    meta = table.schema.metadata or {}
+    try:
+        out.provenance = json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+    except ValueError:
+        raise HeadscopeError(f"{target} has unreadable headscope provenance metadata (not JSON).") from None
+    return out

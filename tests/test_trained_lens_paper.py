@@ -163,3 +163,12 @@ def test_paper_preset_through_the_analyzer(setup, tmp_path):
     assert scores.matrix("heldout_kl_free").loc[2, 0] == pytest.approx(float(want), rel=1e-4)
     again = load_lens(model, out)
     assert (again.param, again.inputs, again.objective) == ("full", "raw", "layer_sum")
+
+
+def test_whole_layer_heads_syntax():
+    from headscope.errors import HeadscopeError
+    from headscope.heads_text import parse_head_list
+
+    assert parse_head_list("18.*, 3.1", "-o heads=", whole_layers=True) == [(18, -1), (3, 1)]
+    with pytest.raises(HeadscopeError, match="cannot parse head"):
+        parse_head_list("18.*", "-o heads=")

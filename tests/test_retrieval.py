@@ -158,3 +158,33 @@ def test_no_recalled_needle_is_an_error_not_zero_scores(smol):
     task = make_task("needle", context_lengths="96", depths="0.5")
     with pytest.raises(HeadscopeError, match="no trial passed the ROUGE-1 filter"):
         run_analyzer("retrieval_heads", smol, task, max_new_tokens=1)
+
+
+@pytest.mark.smollm2
+def test_first_answer_token_is_scored_as_in_the_reference(smol):
+    """The reference scores the first answer token from the last prompt token's attention
+    (retrieval_head_detection.py:289-290: prefill without the last token, which the decoding
+    loop feeds first). Planted prompt: a needle, then the needle again cut before its answer, so
+    the first generated token copies from the needle; recount it from the full attention rows."""
+    from types import SimpleNamespace
+
+    from headscope.trace import trace
+
+    needle = load_needles()[0]
+    cut = needle["needle"].lower().index(needle["answer"].lower())
+    first = smol.tokenizer.encode(" " + needle["needle"], add_special_tokens=False)
+    again = smol.tokenizer.encode(" " + needle["needle"][:cut].rstrip(), add_special_tokens=False)
+    ids = torch.tensor([first + again])
+    trial = SimpleNamespace(tokens=ids, needle_span=(0, len(first)))
+    _, copied = greedy_decode(smol, trial, max_new_tokens=1, scoring="reference")
+    tr = trace(smol, ids, acts=("pattern",), keep_logits=True)
+    y = int(tr.logits[0, -1].argmax())
+    want = np.zeros((smol.n_layers, smol.n_heads))
+    for layer in range(smol.n_layers):
+        top = tr.get("pattern", layer)[0, :, -1].argmax(-1)
+        for h in range(smol.n_heads):
+            p = int(top[h])
+            if p < len(first) and int(ids[0, p]) == y:
+                want[layer, h] += 1
+    assert want.sum() > 0, "no head copied the first answer token: the planted prompt does not test the first step"
+    np.testing.assert_array_equal(copied, want)

@@ -13,13 +13,22 @@ from headscope.errors import HeadscopeError
 
 Head = tuple[int, int]
 _HEAD = re.compile(r"^\s*(\d+)\s*\.\s*(\d+)\s*$")
+_LAYER = re.compile(r"^\s*(\d+)\s*\.\s*\*\s*$")
 
 
-def parse_head_list(text: str, flag: str = "--heads") -> list[Head]:
-    """``"9.6,10.0"`` -> ``[(9, 6), (10, 0)]``; a one-line error naming ``flag`` for bad syntax."""
+def parse_head_list(text: str, flag: str = "--heads", whole_layers: bool = False) -> list[Head]:
+    """``"9.6,10.0"`` -> ``[(9, 6), (10, 0)]``; a one-line error naming ``flag`` for bad syntax.
+
+    With ``whole_layers``, ``"L.*"`` (every head of layer ``L``) is accepted and returned as
+    ``(L, -1)``; the model expands it (e.g. :func:`headscope.analyzers.trained_lens.expand_heads`).
+    """
     heads: list[Head] = []
     for item in str(text).split(","):
         if not item.strip():
+            continue
+        layer = _LAYER.match(item) if whole_layers else None
+        if layer is not None:
+            heads.append((int(layer.group(1)), -1))
             continue
         m = _HEAD.match(item)
         if m is None:

@@ -7,19 +7,55 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest
+import torch
 
 from headscope import load_model
 from headscope.analyzers import run_analyzer
-from headscope.analyzers.retrieval_heads import greedy_decode, rouge1_recall
+from headscope.analyzers.retrieval_heads import accumulate_copies, greedy_decode, rouge1_recall
 from headscope.errors import HeadscopeError
 from headscope.tasks import make_task
 from headscope.tasks.needle import load_needles
 
 
-def test_rouge1_recall_by_hand():
+def test_rouge1_recall_is_the_rouge_score_package_with_stemming():
+    """The filter is Google's rouge-score (RougeScorer(['rouge1'], use_stemmer=True), target
+    first), as in the reference code; checked against the package and by hand."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    responses = ["", "I don't know.", "The password is in the shed.", "It is {answer}.", "{needle}",
+                 "{needle} {needle}", "The {answer}s, of course!"]
+    for nd in load_needles():
+        for template in responses:
+            text = template.format(answer=nd["answer"], needle=nd["needle"])
+            for ref in (nd["needle"], nd["answer"]):
+                assert rouge1_recall(text, ref) == scorer.score(ref, text)["rouge1"].recall, (text, ref)
+    # by hand: clipped unigram overlap / reference unigrams, lower-cased, Porter-stemmed
     assert rouge1_recall("the cat sat", "The cat sat on the mat") == pytest.approx(3 / 6)
-    assert rouge1_recall("mat mat mat", "mat mat") == 1.0  # clipped counts
+    assert rouge1_recall("mat mat mat", "mat mat") == 1.0
     assert rouge1_recall("", "anything") == 0.0
+    assert rouge1_recall("Cats were sitting", "the cat sits") == pytest.approx(2 / 3)  # cats->cat, sitting/sits->sit
+
+
+def test_reference_scoring_adds_one_over_k_per_hit_and_scores_the_first_token():
+    """A planted decoding: needle span [5, 9) (|k| = 4), two layers x two heads.
+
+    step 0 (prompt pass) emits ids[6]: heads (0,0) and (1,1) look at 6 -> copy
+    step 1 emits ids[6] again:         (0,0) looks at 6 again -> copy; (1,1) looks at 7 (not y)
+    step 2 emits ids[7]:               (0,0) looks at 7 -> copy; (1,1) looks at 2 (outside)
+    Reference (retrieval_calculate): (0,0) 3 hits, (1,1) 1 hit. Distinct positions: (0,0) {6, 7}.
+    Skipping the first answer token would give (0,0) 2 and (1,1) 0.
+    """
+    ids = torch.tensor([[10, 11, 12, 13, 14, 20, 21, 22, 23, 15]])
+    span = (5, 9)
+    t = lambda rows: torch.tensor(rows)  # noqa: E731
+    events = [(21, t([[6, 0], [3, 6]])), (21, t([[6, 1], [0, 7]])), (22, t([[7, 9], [4, 2]]))]
+    reference = accumulate_copies(events, ids, span, "reference")
+    distinct = accumulate_copies(events, ids, span, "distinct")
+    np.testing.assert_array_equal(reference, [[3, 0], [0, 1]])
+    np.testing.assert_array_equal(distinct, [[2, 0], [0, 1]])
+    with pytest.raises(HeadscopeError, match="scoring"):
+        accumulate_copies(events, ids, span, "set")
 
 
 def test_needles_are_ours_and_answerable():
@@ -84,22 +120,23 @@ def test_smollm2_masking_top_heads_hurts_more_than_random(retrieval):
 
 
 @pytest.mark.smollm2
-@pytest.mark.parametrize("prefill_chunk", [40, 0])
-def test_copy_events_counted_by_hand(smol, prefill_chunk):
+@pytest.mark.parametrize(("scoring", "stop", "steps", "prefill_chunk"),
+                         [("distinct", "sentence", 4, 40), ("reference", "newline", 12, 0)])
+def test_copy_events_counted_by_hand(smol, scoring, stop, steps, prefill_chunk):
     """Recount one trial's copy events from full attention rows (independent of the reducer, the
-    KV cache and the chunked prefill)."""
-    import torch
-
+    KV cache and the chunked prefill), with the rule of each scoring: distinct positions, or one
+    per copying step (the reference's retrieval_calculate), from the first answer token on."""
     from headscope.trace import trace
 
     task = make_task("needle", context_lengths="96", depths="0.5")
     (trial,) = task.trials(smol)
-    text, copied = greedy_decode(smol, trial, max_new_tokens=4, prefill_chunk=prefill_chunk)
+    text, copied = greedy_decode(smol, trial, max_new_tokens=steps, scoring=scoring, stop=stop,
+                                 prefill_chunk=prefill_chunk)
     ids = trial.tokens
     a, b = trial.needle_span
-    want = np.zeros_like(copied)
     seen = [[set() for _ in range(smol.n_heads)] for _ in range(smol.n_layers)]
-    for _ in range(4):
+    hits = np.zeros((smol.n_layers, smol.n_heads))
+    for _ in range(steps):
         tr = trace(smol, ids, acts=("pattern",), keep_logits=True)
         y = int(tr.logits[0, -1].argmax())
         for layer in range(smol.n_layers):
@@ -108,10 +145,52 @@ def test_copy_events_counted_by_hand(smol, prefill_chunk):
                 p = int(top[h])
                 if a <= p < b and int(ids[0, p]) == y:
                     seen[layer][h].add(p)
+                    hits[layer, h] += 1
         ids = torch.cat([ids, torch.tensor([[y]])], dim=1)
-    want = np.array([[len(s) for s in row] for row in seen], dtype=float)
+        if stop == "newline" and "\n" in smol.tokenizer.decode([y]):
+            break
+    want = hits if scoring == "reference" else np.array([[len(s) for s in row] for row in seen], dtype=float)
+    # a model that copies nothing would make this compare two zero arrays
+    assert want.sum() > 0, f"no copy event in {steps} steps (response {text!r}): the check would compare zeros"
     np.testing.assert_array_equal(copied, want)
     assert text == smol.tokenizer.decode(ids[0, trial.tokens.shape[1]:].tolist(), skip_special_tokens=True)
+
+
+@pytest.mark.smollm2
+def test_no_recalled_needle_is_an_error_not_zero_scores(smol):
+    task = make_task("needle", context_lengths="96", depths="0.5")
+    with pytest.raises(HeadscopeError, match="no trial passed the ROUGE-1 filter"):
+        run_analyzer("retrieval_heads", smol, task, max_new_tokens=1)
+
+
+@pytest.mark.smollm2
+def test_first_answer_token_is_scored_as_in_the_reference(smol):
+    """The reference scores the first answer token from the last prompt token's attention
+    (retrieval_head_detection.py:289-290: prefill without the last token, which the decoding
+    loop feeds first). Planted prompt: a needle, then the needle again cut before its answer, so
+    the first generated token copies from the needle; recount it from the full attention rows."""
+    from types import SimpleNamespace
+
+    from headscope.trace import trace
+
+    needle = load_needles()[0]
+    cut = needle["needle"].lower().index(needle["answer"].lower())
+    first = smol.tokenizer.encode(" " + needle["needle"], add_special_tokens=False)
+    again = smol.tokenizer.encode(" " + needle["needle"][:cut].rstrip(), add_special_tokens=False)
+    ids = torch.tensor([first + again])
+    trial = SimpleNamespace(tokens=ids, needle_span=(0, len(first)))
+    _, copied = greedy_decode(smol, trial, max_new_tokens=1, scoring="reference")
+    tr = trace(smol, ids, acts=("pattern",), keep_logits=True)
+    y = int(tr.logits[0, -1].argmax())
+    want = np.zeros((smol.n_layers, smol.n_heads))
+    for layer in range(smol.n_layers):
+        top = tr.get("pattern", layer)[0, :, -1].argmax(-1)
+        for h in range(smol.n_heads):
+            p = int(top[h])
+            if p < len(first) and int(ids[0, p]) == y:
+                want[layer, h] += 1
+    assert want.sum() > 0, "no head copied the first answer token: the planted prompt does not test the first step"
+    np.testing.assert_array_equal(copied, want)
 
 
 @pytest.mark.smollm2

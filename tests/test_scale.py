@@ -207,3 +207,12 @@ def test_retrieval_merge_weights_parts_by_counted_trials():
     assert [r["trial"] for r in choices["trials"]] == [0, 1, 2, 3, 4]
     assert choices["summary"]["n_counted"] == 3 and choices["summary"]["n_trials"] == 5 and choices["summary"]["accuracy"] == pytest.approx(3 / 5)
     assert choices["summary"]["n_heads_above_threshold"] == int((((2 * a + b) / 3) > 0.3).sum())
+    # a shard may count no trial (weight 0); a whole run that counts none is an error, not zeros
+    zero = [HeadScores.from_matrix(np.zeros((2, 2)), model="m", task="needle", analyzer="retrieval_heads",
+                                   metric="retrieval", extra={"n": 0, "kv_head": 0},
+                                   provenance={**p.provenance, "options": {"threshold": 0.3, "rouge_reference": "answer"}})
+            for p in parts]
+    mixed = merge_shards([parts[0], zero[1]])
+    np.testing.assert_allclose(mixed.matrix("retrieval").to_numpy(), a, atol=1e-12)
+    with pytest.raises(HeadscopeError, match="no trial passed the ROUGE-1 filter"):
+        merge_shards(zero)

@@ -30,10 +30,20 @@ def toy_data(toy):
 
 @pytest.mark.parametrize("param", ["factored", "full"])
 def test_untrained_lens_equals_training_free_lens(toy, param):
+    """At init the factored lens is the training-free lens; the full lens adds the fold_ln b_U
+    (b_U + final-norm bias @ W_U, read from the HF modules here), as the paper's lens does."""
     tokens = toy.to_tokens("one two three four")
     vecs, scale = head_vectors(toy, tokens, HEADS)
     lens = HeadLens(toy, HEADS, param)
-    assert torch.allclose(lens.logits(vecs[0], scale[0]), lens_logits(toy, vecs[0], scale[0], "residual"), atol=1e-5)
+    want = lens_logits(toy, vecs[0], scale[0], "residual")
+    if param == "full":
+        hf = toy.bridge.original_model
+        w_u = hf.lm_head.weight.detach().T
+        b_u = hf.transformer.ln_f.bias.detach() @ w_u
+        if hf.lm_head.bias is not None:
+            b_u = b_u + hf.lm_head.bias.detach()
+        want = want + b_u
+    assert torch.allclose(lens.logits(vecs[0], scale[0]), want, atol=1e-5)
 
 
 def test_resume_reproduces_uninterrupted_run(toy, toy_data, tmp_path):

@@ -3,11 +3,45 @@ Factuality"), with the query-masking causal check.
 
 Retrieval score. Run the ``needle`` task with greedy decoding. At each step the model emits
 token ``y``; a query head *copies* when its top-1 attention from the current (last) query lands
-inside the needle span on a token equal to ``y``. A head's score on one trial is the number of
-distinct needle positions it copied divided by the needle's length in tokens (the paper's
-``|g_h ∩ k| / |k|``). Only trials whose answer recalls the needle (ROUGE-1 recall > 0.5,
-:func:`rouge1_recall`) count; the ``retrieval`` score is the mean over those trials. Heads are
-scored per query head (under GQA the pattern is per query head already).
+inside the needle span ``k`` on a token equal to ``y``. The first answer token is scored from
+the prompt's last query (the prompt pass). Per trial, ``scoring`` gives a head's score:
+
+- ``distinct`` (default): the number of distinct needle positions it copied, ``/ |k|`` (the
+  paper's ``|g_h ∩ k| / |k|`` read as a set: a position copied twice counts once);
+- ``reference`` (the ``paper`` preset): ``1/|k|`` added on every step that copies, so a needle
+  token copied twice counts twice. This is the authors' code, ``nightdessert/Retrieval_Head``
+  @3ac171a, ``retrieval_head_detection.py:221-228`` (``retrieval_calculate``: top-1 of
+  ``attention[layer][0][head][-1]``, ``needle_start <= i < needle_end`` and ``inp ==
+  prompt_ids[i]``, then ``+= 1/(needle_end - needle_start)``).
+
+The reference, too, scores the first answer token from the prompt's last query: it runs the
+prompt without its last token (``:289``, ``input_ids[:, :-1]``) and its decoding loop starts by
+feeding that token (``:290``, ``decode(q_outputs, input_ids[:, -1], 50)``; ``:237-245``), so the
+step that emits the first answer token attends from the last prompt token, exactly as our prompt
+pass does. Neither skips the first answer token.
+
+Only trials whose answer recalls the needle count: ROUGE-1 recall > 0.5 from Google's
+``rouge-score`` package with the Porter stemmer, as the reference (``:63``,
+``RougeScorer(['rouge1', 'rougeL'], use_stemmer=True)``; ``:296-298``, ``score(real_needle,
+response)['rouge1'].recall * 100 > 50``). The ``retrieval`` score is the mean over those trials
+(``:230-233, :300``: a per-trial score is appended only for counted trials, then ``np.mean``).
+When no trial counts there is nothing to score, and the analyzer stops with an error saying so.
+Heads are scored per query head (under GQA the pattern is per query head already).
+
+Decoding stops (``stop``): ``sentence`` (default) at EOS / end-of-turn (not scored), or after a
+token that ends a sentence or line (the prompt asks for one sentence); ``newline`` (the
+reference, ``:246``) only after a newline token, which is scored first, EOS does not stop it.
+Budget ``max_new_tokens``: default needle length + 8; the reference decodes at most 50.
+
+The ``paper`` preset: ``scoring=reference``, ``rouge_reference=needle`` (the whole needle
+sentence, the reference's ``real_needle``), ``stop=newline``, ``max_new_tokens=50``. Where the
+default departs: distinct positions; ROUGE against the answer phrase (with our needles a wrong
+answer that repeats the question can pass against the sentence); stop at a sentence end or EOS
+with a budget of needle length + 8. Always: our needles and haystack (``headscope.tasks.needle``)
+rather than the reference's, and the needle span located exactly (the reference searches for a
+window whose token set overlaps the needle's by more than 90%, ``find_needle_idx``, ``:249-259``;
+its span has the needle's token count without the leading space, ours includes the space token
+when the tokenizer makes one).
 
 Memory: model + KV cache + O(n) per layer. The prompt but its last token is prefilled into the
 Hugging Face KV cache ``prefill_chunk`` (default 1024) queries per forward pass with nothing
@@ -24,16 +58,12 @@ for each. Masking is :class:`headscope.interventions.MaskQuery` with ``scale=0``
 query is zeroed, so its attention becomes uniform over the causal window (as in the paper).
 Results go into the provenance under ``causal_check``.
 
-Choices (recorded in provenance): greedy decoding; stop at EOS / end-of-turn, at the first
-token that ends a sentence or line (the prompt asks for one sentence), or after
-``max_new_tokens`` (default: needle length + 8); ROUGE reference (the needle sentence, as in the
-paper, or the answer phrase -- the default, see ``rouge_reference``); distinct-position counting; threshold 0.1 for "retrieval head".
+Choices (recorded in provenance): greedy decoding; ``stop``; ``max_new_tokens``; ROUGE
+reference; ``scoring``; threshold 0.1 for "retrieval head".
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -50,12 +80,54 @@ from headscope.trace import last_query_argmax, trace
 Head = tuple[int, int]
 
 
+SCORINGS: tuple[str, ...] = ("distinct", "reference")
+STOPS: tuple[str, ...] = ("sentence", "newline")
+_SCORER: list[Any] = []
+
+
 def rouge1_recall(response: str, reference: str) -> float:
-    """ROUGE-1 recall: clipped unigram overlap / reference unigrams (lower-cased ``\\w+`` words)."""
-    ref = Counter(re.findall(r"\w+", reference.lower()))
-    got = Counter(re.findall(r"\w+", response.lower()))
-    total = sum(ref.values())
-    return sum(min(n, got[w]) for w, n in ref.items()) / total if total else 0.0
+    """ROUGE-1 recall of ``response`` against ``reference`` with Google's ``rouge-score`` and the
+    Porter stemmer (as the reference code scores its needle test)."""
+    if not _SCORER:
+        from rouge_score import rouge_scorer
+
+        _SCORER.append(rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True))
+    return float(_SCORER[0].score(reference, response)["rouge1"].recall)
+
+
+def accumulate_copies(events: list[tuple[int, torch.Tensor]], ids: torch.Tensor, span: tuple[int, int],
+                      scoring: str) -> np.ndarray:
+    """A trial's copy score per head, before dividing by the needle length.
+
+    Args:
+        events: one ``(emitted token y, top-1 key position per head (n_layers, n_heads))`` per
+            decoding step, the first from the prompt pass.
+        ids: (1, pos) prompt ids (the needle lies in them).
+        span: needle ``(start, end)``, end exclusive.
+        scoring: ``distinct`` (number of distinct needle positions copied) or ``reference``
+            (number of copying steps, a position copied again counts again).
+
+    Returns:
+        (n_layers, n_heads) float array.
+    """
+    if scoring not in SCORINGS:
+        raise HeadscopeError(f"unknown retrieval scoring '{scoring}': choose {', '.join(SCORINGS)}.")
+    start, end = span
+    if not events:
+        return np.zeros((0, 0))
+    shape = tuple(events[0][1].shape)
+    hits = np.zeros(shape)
+    seen: list[list[set[int]]] = [[set() for _ in range(shape[1])] for _ in range(shape[0])]
+    for y, top in events:
+        inside = (top >= start) & (top < end)
+        for layer, head in inside.nonzero().tolist():
+            p = int(top[layer, head])
+            if int(ids[0, p]) == y:
+                seen[layer][head].add(p)
+                hits[layer, head] += 1
+    if scoring == "reference":
+        return hits
+    return np.array([[len(s) for s in row] for row in seen], dtype=float)
 
 
 def _ends_sentence(piece: str) -> bool:
@@ -92,22 +164,30 @@ def greedy_decode(
     interventions: tuple[Any, ...] = (),
     score: bool = True,
     sentence_end: bool = True,
+    scoring: str = "distinct",
+    stop: str = "sentence",
     prefill_chunk: int = PREFILL_CHUNK,
 ) -> tuple[str, np.ndarray | None]:
     """Greedily decode one trial; optionally score copy events per head.
 
     The prompt but its last token is prefilled into the KV cache ``prefill_chunk`` queries at a
     time with nothing captured (:func:`prefill`); the last prompt token is then the first
-    decoding step, so every traced attention row is one query over all keys: (1, heads, 1, n).
+    decoding step (as in the reference), so every traced attention row is one query over all
+    keys: (1, heads, 1, n).
+
+    ``stop="sentence"``: stop at EOS / end-of-turn, or (``sentence_end``) after a token ending a
+    sentence or line; ``stop="newline"`` (the reference): only after a newline token.
 
     Returns:
-        ``(response text, copied)`` where ``copied`` is a (n_layers, n_heads) array of distinct
-        needle positions each head copied (None when ``score`` is False).
+        ``(response text, copied)`` where ``copied`` is the (n_layers, n_heads) count of
+        :func:`accumulate_copies` under ``scoring`` (None when ``score`` is False).
     """
+    if stop not in STOPS:
+        raise HeadscopeError(f"unknown stop rule '{stop}': choose {', '.join(STOPS)}.")
     ids = trial.tokens
-    start, end = trial.needle_span
-    stops = stop_token_ids(model.tokenizer)
-    copied: list[list[set[int]]] = [[set() for _ in range(model.n_heads)] for _ in range(model.n_layers)]
+    prompt = ids
+    stops = stop_token_ids(model.tokenizer) if stop == "sentence" else set()
+    events: list[tuple[int, torch.Tensor]] = []
     out: list[int] = []
     reducers = [last_query_argmax("top1")] if score else []
     cache = prefill(model, ids[:, :-1], prefill_chunk, interventions)
@@ -121,27 +201,29 @@ def greedy_decode(
         if y in stops:
             break
         if score:
-            top = tr.reduced("top1")[0].cpu()  # (layer, head) key positions
-            inside = (top >= start) & (top < end)
-            for layer, head in inside.nonzero().tolist():
-                p = int(top[layer, head])
-                if int(ids[0, p]) == y:
-                    copied[layer][head].add(p)
+            events.append((y, tr.reduced("top1")[0].cpu()))  # (layer, head) key positions
         out.append(y)
         step_input = torch.tensor([[y]], dtype=ids.dtype)
         ids = torch.cat([ids, step_input], dim=1)
-        if sentence_end and _ends_sentence(model.tokenizer.decode([y])):
+        piece = model.tokenizer.decode([y])
+        if stop == "newline" and "\n" in piece:
             break
-    counts = np.array([[len(s) for s in row] for row in copied], dtype=float) if score else None
+        if stop == "sentence" and sentence_end and _ends_sentence(piece):
+            break
+    counts = None
+    if score:
+        counts = accumulate_copies(events, prompt, trial.needle_span, scoring) if events else np.zeros(
+            (model.n_layers, model.n_heads))
     return model.tokenizer.decode(out, skip_special_tokens=True), counts
 
 
 def needle_accuracy(model: Any, trials: list[Any], max_new: list[int], reference: str,
-                    interventions: tuple[Any, ...] = (), progress: bool = False, label: str = "needle") -> float:
+                    interventions: tuple[Any, ...] = (), progress: bool = False, label: str = "needle",
+                    stop: str = "sentence") -> float:
     """Fraction of trials answered (ROUGE-1 recall > 0.5) under ``interventions``."""
     ok = 0
     for trial, n_new in progress_bar(list(zip(trials, max_new, strict=True)), label, enabled=progress):
-        text, _ = greedy_decode(model, trial, n_new, interventions, score=False)
+        text, _ = greedy_decode(model, trial, n_new, interventions, score=False, stop=stop)
         ok += rouge1_recall(text, trial.needle if reference == "needle" else trial.answer) > 0.5
     return ok / max(1, len(trials))
 
@@ -150,6 +232,15 @@ def trial_units(model: Any, task: Any, options: dict[str, Any]) -> list[int]:
     """Every needle trial of a run (its ``trials`` option, default all), the units of a shard."""
     chosen = options.get("trials")
     return sorted({int(i) for i in chosen}) if chosen is not None else list(range(len(task.trials(model))))
+
+
+def no_recalled_needle(records: list[dict[str, Any]], rouge_reference: str) -> HeadscopeError:
+    """The error for a run in which no trial passed the ROUGE-1 filter (nothing to score)."""
+    first = str(records[0].get("response", "")) if records else ""
+    return HeadscopeError(
+        f"no trial passed the ROUGE-1 filter (recall > 0.5 against the {rouge_reference}): the model recalled none of "
+        f"the {len(records)} needles (first response {first[:60]!r}), so no head can be scored; use shorter "
+        "context_lengths, a larger max_new_tokens or a stronger model.")
 
 
 def summarize(scores: np.ndarray, records: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
@@ -178,8 +269,10 @@ def merge_shards(parts: list[HeadScores]) -> HeadScores:
     counts = [int(p["n"].iloc[0]) for p in parts]
     total = sum(p["score"].to_numpy() * n for p, n in zip(parts, counts, strict=True))
     n_counted = sum(counts)
-    scores = total / n_counted if n_counted else total
     records = sorted((r for p in parts for r in p.provenance["choices"]["trials"]), key=lambda r: r["trial"])
+    if not n_counted:
+        raise no_recalled_needle(records, str(prov["options"]["rouge_reference"]))
+    scores = total / n_counted
     choices = dict(prov["choices"])
     choices["trials"] = records
     choices["summary"] = summarize(scores, records, float(prov["options"]["threshold"]))
@@ -204,6 +297,7 @@ def _shard_spec() -> Any:
     summary="retrieval score (Wu et al. 2024): copy-paste attention from the needle during greedy decoding",
     tasks=("needle",),
     shard=_shard_spec(),
+    presets={"paper": {"scoring": "reference", "rouge_reference": "needle", "stop": "newline", "max_new_tokens": 50}},
 )
 def retrieval_heads(
     model: Any,
@@ -211,6 +305,8 @@ def retrieval_heads(
     threshold: float = 0.1,
     rouge_reference: str = "answer",
     max_new_tokens: int | None = None,
+    scoring: str = "distinct",
+    stop: str = "sentence",
     check_masking: bool = False,
     mask_k: int = 10,
     n_random: int = 3,
@@ -227,7 +323,10 @@ def retrieval_heads(
             sentence, as in the paper; with our needles a wrong answer that repeats the question
             can pass it, e.g. "The password for the old garden shed is a dictionary." has
             recall 0.8, so it is not the default).
-        max_new_tokens: decoding budget per trial (default: needle tokens + 8).
+        max_new_tokens: decoding budget per trial (default: needle tokens + 8; paper: 50).
+        scoring: ``distinct`` (default: distinct needle positions copied) or ``reference`` (paper:
+            1/|k| per copying step).
+        stop: ``sentence`` (default: EOS, or a sentence/line end) or ``newline`` (paper).
         check_masking: run the causal check (top ``mask_k`` vs random heads, ``n_random`` seeds).
         seed: seed of the random head draws.
         trials: only these trial indices of the task's grid (default all), e.g. one shard's.
@@ -241,6 +340,10 @@ def retrieval_heads(
     """
     if rouge_reference not in ("needle", "answer"):
         raise HeadscopeError("rouge_reference must be 'needle' or 'answer'.")
+    if scoring not in SCORINGS:
+        raise HeadscopeError(f"unknown retrieval scoring '{scoring}': choose {', '.join(SCORINGS)}.")
+    if stop not in STOPS:
+        raise HeadscopeError(f"unknown stop rule '{stop}': choose {', '.join(STOPS)}.")
     every = task.trials(model)
     if trials is not None:
         bad = [i for i in trials if not 0 <= int(i) < len(every)]
@@ -257,7 +360,7 @@ def retrieval_heads(
     records = []
     for index, trial, n_new in progress_bar(list(zip(indices, chosen, budgets, strict=True)), "retrieval",
                                             enabled=progress):
-        text, copied = greedy_decode(model, trial, n_new, prefill_chunk=prefill_chunk)
+        text, copied = greedy_decode(model, trial, n_new, scoring=scoring, stop=stop, prefill_chunk=prefill_chunk)
         reference = trial.needle if rouge_reference == "needle" else trial.answer
         recall = rouge1_recall(text, reference)
         counted = recall > 0.5
@@ -266,25 +369,31 @@ def retrieval_heads(
         records.append({"trial": index, "context_len": trial.context_len, "depth": trial.depth, "needle": trial.needle,
                         "response": text, "rouge1_recall": round(recall, 4), "counted": bool(counted)})
     n_counted = sum(r["counted"] for r in records)
+    if not n_counted and trials is None:  # a shard may count none; the merge checks the whole run
+        raise no_recalled_needle(records, rouge_reference)
     scores = total / n_counted if n_counted else total
     summary = summarize(scores, records, threshold)
     causal = None
     if check_masking:
         causal = masking_check(model, chosen, budgets, scores, mask_k, n_random, threshold, seed,
-                               rouge_reference, progress, base_accuracy=summary["accuracy"])
+                               rouge_reference, progress, base_accuracy=summary["accuracy"], stop=stop)
     provenance = build_provenance(
         model,
         task=task.describe(),
         analyzer="retrieval_heads",
         options={"threshold": threshold, "rouge_reference": rouge_reference, "max_new_tokens": max_new_tokens,
+                 "scoring": scoring, "stop": stop,
                  "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed,
                  "trials": trials, "prefill_chunk": prefill_chunk},
         choices={
-            "decoding": "greedy with the KV cache (each step feeds only the new token), stop at EOS/end-of-turn, at a token "
-            "ending a sentence or line, or after max_new_tokens",
+            "decoding": "greedy with the KV cache (each step feeds only the new token), " + (
+                "stop at EOS/end-of-turn, at a token ending a sentence or line" if stop == "sentence"
+                else "stop after a newline token (scored; EOS does not stop)") + ", or after max_new_tokens",
             "copy_event": "top-1 attention of the last query inside the needle span on a token equal to "
-            "the emitted token; distinct needle positions per head / needle length",
-            "counted_trials": f"ROUGE-1 recall vs the {rouge_reference} > 0.5",
+            "the emitted token, from the first answer token (the step that feeds the last prompt token) on; " + (
+                "distinct needle positions per head / needle length" if scoring == "distinct"
+                else "1/needle length per copying step (reference)"),
+            "counted_trials": f"ROUGE-1 recall (rouge-score, Porter stemmer) vs the {rouge_reference} > 0.5",
             "gqa": "per query head",
             "memory": f"prompt prefilled into the KV cache {prefill_chunk or 'all'} queries per pass with nothing "
             "captured; each decoding step's last-query-row argmax reduced inside the hook; no pattern kept",
@@ -299,7 +408,7 @@ def retrieval_heads(
 
 def masking_check(model: Any, trials: list[Any], budgets: list[int], scores: np.ndarray, k: int, n_random: int,
                   threshold: float, seed: int, reference: str, progress: bool,
-                  base_accuracy: float | None = None) -> dict[str, Any]:
+                  base_accuracy: float | None = None, stop: str = "sentence") -> dict[str, Any]:
     """Needle accuracy with the top-k retrieval heads masked vs k random non-retrieval heads."""
     order = np.argsort(-scores, axis=None, kind="stable")
     top: list[Head] = [tuple(int(x) for x in np.unravel_index(i, scores.shape)) for i in order[:k]]  # type: ignore[misc]
@@ -308,14 +417,15 @@ def masking_check(model: Any, trials: list[Any], budgets: list[int], scores: np.
     if len(pool) < k:
         raise HeadscopeError(f"only {len(pool)} non-retrieval heads to draw {k} random heads from: lower mask_k.")
     if base_accuracy is None:
-        base_accuracy = needle_accuracy(model, trials, budgets, reference, (), progress, "unmasked")
-    top_acc = needle_accuracy(model, trials, budgets, reference, (MaskQuery(top, scale=0.0),), progress, "top-k masked")
+        base_accuracy = needle_accuracy(model, trials, budgets, reference, (), progress, "unmasked", stop)
+    top_acc = needle_accuracy(model, trials, budgets, reference, (MaskQuery(top, scale=0.0),), progress, "top-k masked",
+                              stop)
     random_runs = []
     for s in range(n_random):
         gen = torch.Generator().manual_seed(seed + s)
         pick = [pool[i] for i in torch.randperm(len(pool), generator=gen)[:k].tolist()]
         acc = needle_accuracy(model, trials, budgets, reference, (MaskQuery(pick, scale=0.0),), progress,
-                              f"random masked {s}")
+                              f"random masked {s}", stop)
         random_runs.append({"seed": seed + s, "heads": [f"{a}.{b}" for a, b in pick], "accuracy": acc})
     return {
         "masking": "MaskQuery(scale=0): query zeroed, uniform attention",

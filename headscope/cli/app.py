@@ -84,7 +84,8 @@ def score(
     if isinstance(analyzer_kw.get("heads"), str) and analyzer_kw["heads"].strip():
         from headscope.heads_text import parse_head_list
 
-        parse_head_list(analyzer_kw["heads"], "-o heads=")  # syntax now; ranges once the model is loaded
+        # syntax now; ranges once the model is loaded. trained_lens also takes a whole layer, L.*
+        parse_head_list(analyzer_kw["heads"], "-o heads=", whole_layers=analyzer_name == "trained_lens")
     if seed is not None:
         if "seed" in info.parameters():
             task_kw["seed"] = seed

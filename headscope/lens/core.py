@@ -54,6 +54,20 @@ def unembed(model: Any) -> torch.Tensor:
     return final_norm(model).weight.cpu().unsqueeze(1) * w_u
 
 
+def unembed_bias(model: Any) -> torch.Tensor:
+    """The unembedding bias with the final norm's bias folded in: (d_vocab,), float32, CPU.
+
+    ``b_U + b_final @ W_U`` (zeros where the model has neither), the ``b_U`` of a TransformerLens
+    ``HookedTransformer`` loaded with ``fold_ln=True`` (the Attention Lens reference initialises
+    its lens biases from it).
+    """
+    w_u = model.bridge.W_U.detach().float().cpu()
+    b_u = getattr(model.bridge, "b_U", None)
+    out = torch.zeros(w_u.shape[1]) if b_u is None else b_u.detach().float().cpu().clone()
+    bias = final_norm(model).bias
+    return out if bias is None else out + bias.float().cpu() @ w_u
+
+
 def normalise(model: Any, vec: torch.Tensor, ln: str, resid_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Apply the final norm's non-learned part to head vectors ``vec`` (..., d_model).
 

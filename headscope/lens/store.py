@@ -1,22 +1,40 @@
 """Trained per-head lenses (Sakarvadia et al. 2023, "Attention Lens"): parameters, logits, safetensors I/O.
 
-A lens maps one head's output ``r`` (d_model) to vocabulary logits. Its input is the head vector
-normalised like the training-free lens's ``residual`` convention, ``x = r / s`` (``s`` the
-residual's final-norm scale at that position; LayerNorm: ``r`` centred first), so that at
-initialisation the trained lens *is* the training-free lens. Parameterisations (``PARAMS``):
+A lens maps one head's output ``r`` (d_model; the head's write ``z_h @ W_O^h``, TransformerLens's
+``hook_result``) to vocabulary logits. Its input (``INPUTS``) is
 
-- ``full``: ``logits = x @ M_h + b_h`` with ``M_h`` (d_model, d_vocab) initialised to the
-  unembedding ``W_U`` with the final norm's weight folded in, and ``b_h = 0`` -- the paper's
-  per-head linear map;
+- ``scaled`` (default): ``x = centre(r) / s``, ``s`` the residual's final-norm scale at that
+  position (the training-free lens's ``residual`` convention), so that at initialisation the
+  factored lens *is* the training-free lens;
+- ``raw`` (the paper's): ``x = centre(r)``. The reference feeds TransformerLens's
+  ``hook_result`` unchanged (``attention_lens/train/lightning_lens.py`` @1cefad7, ``forward``:
+  ``cache[hook_id]`` with ``hook_id = get_act_name("result", layer)``); ``centre`` subtracts the
+  mean on LayerNorm models only, where TransformerLens's default ``center_writing_weights``
+  makes ``hook_result`` zero-mean already (identity on RMSNorm models).
+
+Parameterisations (``PARAMS``):
+
+- ``full`` (the paper's): ``logits = x @ M_h + b_h`` with ``M_h`` (d_model, d_vocab)
+  initialised to the unembedding ``W_U`` with the final norm's weight folded in and ``b_h`` to
+  ``b_U`` with the final norm's bias folded in (:func:`headscope.lens.core.unembed_bias`), one
+  map per head: ``LensA`` in ``attention_lens/lens/registry/lensA.py`` (``nn.Linear(d_model,
+  d_vocab)`` per head, ``weight = unembed.T``, ``bias = bias``, with ``unembed = W_U`` and
+  ``bias = b_U`` of a ``fold_ln`` HookedTransformer);
 - ``factored`` (default; cheap on CPU): ``logits = (x @ A_h + c_h) @ W'_U + b_h`` with
   ``A_h = I`` (d_model, d_model), ``c_h = 0`` and ``b_h = 0`` at init and ``W'_U`` frozen. Still
   an affine map d_model -> vocab initialised from the unembedding, with d_model^2 + d_model +
   d_vocab parameters per head instead of d_model * d_vocab.
 
+Objectives (``OBJECTIVES``): ``head`` (default) scores each head's logits alone; ``layer_sum``
+(the paper's) sums the logits of the lens's heads in each layer, as ``LensA.forward`` sums its
+``n_head`` outputs (``summed_output = output_tensors.sum(dim=2)``), so each head's map is
+trained only through its layer's sum.
+
 Files: one ``.safetensors`` with tensors ``"{L}.{H}.{A|c|b|M}"`` and string metadata
-(``format``, ``param``, ``heads``, ``model_spec``, ``weights_sha256``, training settings and the
-measured held-out KLs). ``W'_U`` is not stored: it is rebuilt from the model, whose weights hash
-must match the file's.
+(``format``, ``param``, ``inputs``, ``objective``, ``heads``, ``model_spec``, ``weights_sha256``,
+training settings and the measured held-out KLs). ``W'_U`` is not stored: it is rebuilt from the
+model, whose weights hash must match the file's. Files without ``inputs``/``objective`` are read
+as ``scaled``/``head`` (the only settings before these options existed).
 """
 
 from __future__ import annotations
@@ -29,10 +47,13 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
-from headscope.lens.core import normalise, unembed
+from headscope.lens.core import normalise, unembed, unembed_bias
+from headscope.models.norms import final_norm
 
 FORMAT = "headscope-head-lens-v1"
 PARAMS: tuple[str, ...] = ("factored", "full")
+INPUTS: tuple[str, ...] = ("scaled", "raw")
+OBJECTIVES: tuple[str, ...] = ("head", "layer_sum")
 Head = tuple[int, int]
 
 
@@ -44,36 +65,71 @@ def head_key(head: Head) -> str:
 class HeadLens(torch.nn.Module):
     """Trainable lenses for a list of heads (see the module docstring)."""
 
-    def __init__(self, model: Any, heads: Sequence[Head], param: str = "factored") -> None:
+    def __init__(self, model: Any, heads: Sequence[Head], param: str = "factored", inputs: str = "scaled",
+                 objective: str = "head") -> None:
         super().__init__()
-        if param not in PARAMS:
-            raise HeadscopeError(f"unknown lens parameterisation '{param}': choose {', '.join(PARAMS)}.")
+        self.check_options(param, inputs, objective)
         if not heads:
             raise HeadscopeError("a lens needs at least one head: e.g. --heads 18.6.")
         for layer, head in heads:
             model.check_head(layer, head)
         self.model = model
         self.heads = [(int(a), int(b)) for a, b in heads]
+        if len(set(self.heads)) != len(self.heads):
+            raise HeadscopeError("a head is named twice: name each head once.")
         self.param = param
+        self.inputs = inputs
+        self.objective = objective
         self.register_buffer("w_u", unembed(model), persistent=False)  # (d_model, d_vocab)
         d, v = self.w_u.shape
+        b_u = unembed_bias(model)  # (d_vocab,)
         self.params = torch.nn.ParameterDict()
         for h in self.heads:
             k = head_key(h).replace(".", "_")
             if param == "full":
                 self.params[f"{k}_M"] = torch.nn.Parameter(self.w_u.clone())
+                self.params[f"{k}_b"] = torch.nn.Parameter(b_u.clone())
             else:
                 self.params[f"{k}_A"] = torch.nn.Parameter(torch.eye(d))
                 self.params[f"{k}_c"] = torch.nn.Parameter(torch.zeros(d))
-            self.params[f"{k}_b"] = torch.nn.Parameter(torch.zeros(v))
+                self.params[f"{k}_b"] = torch.nn.Parameter(torch.zeros(v))
         self.metadata: dict[str, str] = {}
 
+    @staticmethod
+    def check_options(param: str, inputs: str, objective: str) -> None:
+        """One-line errors for unknown parameterisations, inputs or objectives."""
+        for name, value, allowed in (("parameterisation", param, PARAMS), ("input", inputs, INPUTS),
+                                     ("objective", objective, OBJECTIVES)):
+            if value not in allowed:
+                raise HeadscopeError(f"unknown lens {name} '{value}': choose {', '.join(allowed)}.")
+
     def head_logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Logits of head ``self.heads[i]`` for normalised inputs ``x`` (..., d_model)."""
+        """Logits of head ``self.heads[i]`` for lens inputs ``x`` (..., d_model)."""
         k = head_key(self.heads[i]).replace(".", "_")
         if self.param == "full":
             return x @ self.params[f"{k}_M"] + self.params[f"{k}_b"]
         return (x @ self.params[f"{k}_A"] + self.params[f"{k}_c"]) @ self.w_u + self.params[f"{k}_b"]
+
+    def prepare(self, raw: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Lens inputs from raw head writes (..., d_model) and residual scales broadcastable to (..., 1)."""
+        if self.inputs == "raw":
+            return final_norm(self.model).centre(raw.float())
+        return normalise(self.model, raw, "residual", scale)
+
+    def groups(self) -> list[tuple[str, list[int]]]:
+        """The objective's units: ``[(name, indices into self.heads)]``; one per head (``"L.H"``) for
+        ``objective="head"``, one per layer (``"L"``) for ``layer_sum``."""
+        if self.objective == "head":
+            return [(head_key(h), [i]) for i, h in enumerate(self.heads)]
+        layers = sorted({h[0] for h in self.heads})
+        return [(str(layer), [i for i, h in enumerate(self.heads) if h[0] == layer]) for layer in layers]
+
+    def group_logits(self, members: Sequence[int], x: torch.Tensor) -> torch.Tensor:
+        """Summed logits of heads ``members`` for inputs ``x`` (n, n_heads, d_model) -> (n, d_vocab)."""
+        out = self.head_logits(members[0], x[:, members[0]])
+        for i in members[1:]:
+            out = out + self.head_logits(i, x[:, i])
+        return out
 
     def logits(self, vectors: torch.Tensor, scale: torch.Tensor, heads: Sequence[Head] | None = None) -> torch.Tensor:
         """Lens logits of raw head vectors (..., n_heads, d_model) with residual scale (..., 1).
@@ -84,7 +140,7 @@ class HeadLens(torch.nn.Module):
         missing = [head_key(h) for h in heads if h not in self.heads]
         if missing:
             raise HeadscopeError(f"this lens has no head {missing[0]} (it has {', '.join(map(head_key, self.heads))}).")
-        x = normalise(self.model, vectors, "residual", scale.unsqueeze(-2) if scale.ndim == vectors.ndim - 1 else scale)
+        x = self.prepare(vectors, scale.unsqueeze(-2) if scale.ndim == vectors.ndim - 1 else scale)
         with torch.inference_mode():
             return torch.stack([self.head_logits(self.heads.index(h), x[..., j, :]) for j, h in enumerate(heads)], dim=-2)
 
@@ -102,7 +158,8 @@ class HeadLens(torch.nn.Module):
         meta = {
             "format": FORMAT, "param": self.param, "heads": ",".join(map(head_key, self.heads)),
             "model_spec": str(self.model.spec), "weights_sha256": str(getattr(self.model, "weights_hash", "")),
-            "d_model": str(self.w_u.shape[0]), "d_vocab": str(self.w_u.shape[1]), "ln": "residual",
+            "d_model": str(self.w_u.shape[0]), "d_vocab": str(self.w_u.shape[1]), "inputs": self.inputs,
+            "objective": self.objective,
         }
         meta.update(self.metadata)
         for k, v in (extra or {}).items():
@@ -176,7 +233,7 @@ def load_lens(model: Any, path: str | Path) -> HeadLens:
             raise HeadscopeError(f"lens {path} was trained on {meta.get('model_spec')} ({key} {meta[key]}), "
                                  f"not {model.spec} ({key} {have_dim}): use a lens trained on this model.")
     heads = model.parse_heads(meta["heads"])
-    lens = HeadLens(model, heads, meta["param"])
+    lens = HeadLens(model, heads, meta["param"], meta.get("inputs", "scaled"), meta.get("objective", "head"))
     with torch.no_grad():
         for name, p in lens.params.items():
             layer, head, kind = name.split("_")

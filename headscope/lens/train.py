@@ -1,26 +1,45 @@
 """Train per-head lenses (Sakarvadia et al. 2023, "Attention Lens") with KL to the model's output.
 
-Objective, per head ``h`` and token position ``t`` of a text corpus (:mod:`headscope.tasks.corpus`)::
+Objective, per unit ``g`` of the lens (:meth:`HeadLens.groups`: one head, or with
+``objective="layer_sum"`` the lens's heads of one layer, whose logits are summed) and training
+position ``t`` of a text corpus (:mod:`headscope.tasks.corpus`)::
 
-    KL( p_model(. | x_<=t) || softmax(lens_h(r_h,t)) )
+    KL( p_model(. | x_<=t) || softmax(sum_{h in g} lens_h(x_h,t)) )
 
-with ``p_model`` the model's final next-token distribution and ``r_h,t`` the head's output
-(normalised by the residual's final-norm scale, :mod:`headscope.lens.store`). The loss is the
-mean over heads and sampled positions. Head outputs, scales and the final norm's output are
-cached for all corpus windows once; each step samples ``batch_tokens`` positions with a
-generator seeded by ``(seed, step)``, so a resumed run sees the same batches as an uninterrupted
-one.
+with ``p_model`` the model's final next-token distribution and ``x_h,t`` the lens input of head
+``h`` (:mod:`headscope.lens.store`: the head's output, divided by the residual's final-norm scale
+unless ``inputs="raw"``). The loss of a step is the mean KL over the sampled rows; over units it
+is the mean (``head``) or, for ``layer_sum``, the sum, so that each layer's maps get exactly the
+gradient of their own layer's loss, as when the reference trains one layer per run.
 
-Optimiser: Adam (``lr``). Checkpoints: every ``checkpoint_every`` steps to
-``checkpoint_dir/lens-step{N}.safetensors`` (lens tensors, Adam moments as ``opt.*`` tensors,
-``step`` in the metadata); ``resume=True`` continues from the newest checkpoint there.
+Positions (``positions``): ``all`` (default) trains on every non-BOS position of each window;
+``last`` keeps only each window's last token, the paper's choice (``kl_loss`` in
+``attention_lens/train/lightning_lens.py``: ``F.log_softmax(logits[:, -1, :])`` for the model and
+the lens, ``KLDivLoss(reduction="batchmean", log_target=True)(lens, model)`` = KL(p_model ||
+lens) averaged over the batch). Our windows are unpadded, so the last position is a real token;
+the reference pads a batch to its longest text (GPT-2's pad is EOS, on the right), so for
+shorter texts its ``[:, -1]`` reads a padding position; we do not reproduce that.
 
-Evaluation (:func:`heldout_kl`): the same KL on the held-out windows, for the trained lens and
-for the training-free lens (``ln="residual"``, which is the trained lens at initialisation).
-A head-independent reference is reported beside them (:func:`constant_kl`): the best
-*constant* prediction, the teacher's mean next-token distribution over the training tokens
-(the minimiser of the expected KL(p || q) over constant q). A lens that only learns token
-frequencies through its bias reaches this value; a lens below it reads something from the head.
+Head outputs, scales and the final norm's output are cached for all corpus windows once; each
+step samples ``batch_tokens`` rows with a generator seeded by ``(seed, step)``, so a resumed run
+sees the same batches as an uninterrupted one.
+
+Optimiser: Adam (``lr``), as the reference (``configure_optimizers``; its default lr is 1e-3,
+``attention_lens/train/config.py``, and a step sums ``accumulate_grad_batches=10`` batches of
+``batch_size=4`` texts: 40 last positions per optimiser step, which the ``paper`` preset of
+:mod:`headscope.analyzers.trained_lens` sets). The reference trains in 16-bit mixed precision
+for one epoch of BookCorpus; we train in float32 on the ``corpus`` task. Checkpoints: every
+``checkpoint_every`` steps to ``checkpoint_dir/lens-step{N}.safetensors`` (lens tensors, Adam
+moments as ``opt.*`` tensors, ``step`` in the metadata); ``resume=True`` continues from the
+newest checkpoint there.
+
+Evaluation (:func:`heldout_kl`): the same KL on the held-out windows, per unit, for the trained
+lens and for the same lens at initialisation (with the defaults, ``factored`` and ``scaled``,
+that is the training-free lens ``ln="residual"``). A head-independent reference is reported
+beside them (:func:`constant_kl`): the best *constant* prediction, the teacher's mean next-token
+distribution over the training rows (the minimiser of the expected KL(p || q) over constant
+q). A lens that only learns token frequencies through its bias reaches this value; a lens below
+it reads something from the head.
 """
 
 from __future__ import annotations
@@ -35,7 +54,7 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
-from headscope.lens.core import final_logits, head_vectors, lens_logits, normalise
+from headscope.lens.core import final_logits, head_vectors
 from headscope.lens.store import HeadLens, head_key, read_lens_file, read_lens_metadata
 from headscope.progress import progress_bar
 from headscope.trace.stream import capture_stream
@@ -50,32 +69,61 @@ DEFAULT_LR = 1e-2
 DEFAULT_BATCH_TOKENS = 256
 
 
+POSITIONS: tuple[str, ...] = ("all", "last")
+
+
 @dataclass
 class LensData:
-    """Cached inputs for a set of windows: normalised head inputs and the teacher's final-norm output.
+    """Cached inputs for a set of windows: raw head outputs, residual scales and the teacher's final-norm output.
 
     Attributes:
-        x: (n_tokens, n_heads, d_model) head outputs divided by the residual's final-norm scale.
-        raw: (n_tokens, n_heads, d_model) raw head outputs.
-        scale: (n_tokens, 1) residual final-norm scales.
-        teacher: (n_tokens, d_model) ``ln_final.hook_normalized`` (the model's logits follow).
+        raw: (n_rows, n_heads, d_model) raw head outputs (one row per kept position).
+        scale: (n_rows, 1) residual final-norm scales.
+        teacher: (n_rows, d_model) ``ln_final.hook_normalized`` (the model's logits follow).
+        positions: ``all`` or ``last`` (which positions of each window the rows are).
     """
 
-    x: torch.Tensor
     raw: torch.Tensor
     scale: torch.Tensor
     teacher: torch.Tensor
+    positions: str = "all"
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.raw.shape[0])
 
 
-def collect(model: Any, windows: torch.Tensor, heads: Sequence[Head], batch_size: int = 8, skip_bos: bool = True) -> LensData:
-    """Run the corpus windows once and cache what training needs (BOS positions dropped)."""
+def collect(model: Any, windows: torch.Tensor, heads: Sequence[Head], batch_size: int = 8, skip_bos: bool = True,
+            positions: str = "all") -> LensData:
+    """Run the corpus windows (n_windows, seq) once and cache what training needs.
+
+    ``positions="all"`` keeps every position but BOS; ``"last"`` keeps each window's last
+    position only (the paper's; windows are unpadded, so it is a real token).
+    """
+    if positions not in POSITIONS:
+        raise HeadscopeError(f"unknown lens positions '{positions}': choose {', '.join(POSITIONS)}.")
     vecs, scale = head_vectors(model, windows, heads, batch_size=batch_size)
     normed = capture_stream(model, windows, ["ln_final.hook_normalized"], batch_size=batch_size)["ln_final.hook_normalized"]
-    start = 1 if skip_bos and model.prepend_bos and model.bos_token_id is not None and bool((windows[:, 0] == model.bos_token_id).all()) else 0
+    if positions == "last":
+        start = windows.shape[1] - 1
+    else:
+        bos = model.prepend_bos and model.bos_token_id is not None and bool((windows[:, 0] == model.bos_token_id).all())
+        start = 1 if skip_bos and bos else 0
     raw = vecs[:, start:].reshape(-1, len(heads), vecs.shape[-1])
     sc = scale[:, start:].reshape(-1, 1)
-    x = normalise(model, raw, "residual", sc.unsqueeze(-2))
-    return LensData(x=x, raw=raw, scale=sc, teacher=normed[:, start:].reshape(-1, normed.shape[-1]))
+    return LensData(raw=raw, scale=sc, teacher=normed[:, start:].reshape(-1, normed.shape[-1]), positions=positions)
+
+
+def lens_inputs(lens: HeadLens, data: LensData) -> torch.Tensor:
+    """The lens's inputs for every row: (n_rows, n_heads, d_model)."""
+    return lens.prepare(data.raw, data.scale.unsqueeze(-2))
+
+
+def lens_loss(lens: HeadLens, x: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """The training objective on rows ``x`` (n, n_heads, d_model) with teacher log-probs (n, d_vocab):
+    mean over units for ``objective="head"``, sum over layers for ``layer_sum``."""
+    kls = torch.stack([kl_to_teacher(teacher_logp, lens.group_logits(members, x)) for _, members in lens.groups()])
+    return kls.sum() if lens.objective == "layer_sum" else kls.mean()
 
 
 def kl_to_teacher(teacher_logp: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -104,7 +152,8 @@ def _save_checkpoint(lens: HeadLens, opt: torch.optim.Adam, step: int, directory
 
 
 # settings a resumed run must share with its checkpoint, and the flag that sets each
-RESUME_KEYS = {"heads": "--heads", "param": "--param", "lr": "--lr", "batch_tokens": "--batch-tokens",
+RESUME_KEYS = {"heads": "--heads", "param": "--param", "inputs": "-o inputs", "objective": "-o objective",
+               "positions": "-o positions", "lr": "--lr", "batch_tokens": "--batch-tokens",
                "seed": "--seed", "corpus": "--corpus/--seq-len/--n-train/--n-eval",
                "weights_sha256": "--model", "model_spec": "--model"}
 
@@ -164,7 +213,8 @@ def check_resume(directory: str | Path, expected: dict[str, Any], steps: int | N
 
 def _restore(lens: HeadLens, opt: torch.optim.Adam, path: Path) -> int:
     tensors, meta = read_lens_file(path)
-    if meta.get("heads") != ",".join(map(head_key, lens.heads)) or meta.get("param") != lens.param:
+    if (meta.get("heads") != ",".join(map(head_key, lens.heads)) or meta.get("param") != lens.param
+            or meta.get("inputs", "scaled") != lens.inputs or meta.get("objective", "head") != lens.objective):
         raise HeadscopeError(f"checkpoint {path} is for heads {meta.get('heads')} ({meta.get('param')}): resume with the same --heads/--param.")
     if "step" not in meta or not str(meta["step"]).isdigit():
         raise HeadscopeError(f"checkpoint {path} has no step in its metadata: it is not a training checkpoint.")
@@ -195,7 +245,7 @@ def check_settings(steps: int, lr: float, batch_tokens: int, checkpoint_every: i
 def resume_expectations(model: Any, heads: Sequence[Head], param: str, meta: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint must match to be resumed by this run (see :func:`check_resume`)."""
     out: dict[str, Any] = {"heads": ",".join(map(head_key, heads)), "param": param}
-    for key in ("lr", "batch_tokens", "seed", "corpus"):
+    for key in ("inputs", "objective", "positions", "lr", "batch_tokens", "seed", "corpus"):
         if key in meta:
             out[key] = meta[key]
     if getattr(model, "weights_hash", ""):
@@ -219,30 +269,35 @@ def train_lens(
     resume: bool = False,
     progress: bool = False,
     meta: dict[str, Any] | None = None,
+    inputs: str = "scaled",
+    objective: str = "head",
 ) -> tuple[HeadLens, list[float]]:
-    """Train lenses for ``heads``; returns ``(lens, loss per step)`` (steps run in this call).
+    """Train lenses for ``heads`` on the rows of ``train``; returns ``(lens, loss per step)`` (steps
+    run in this call). ``inputs``/``objective``: see :mod:`headscope.lens.store`.
 
-    Raises a one-line error when ``resume`` finds a checkpoint for other heads.
+    Raises a one-line error when ``resume`` finds a checkpoint for other heads or settings.
     """
     check_settings(steps, lr, batch_tokens, checkpoint_every)
     torch.manual_seed(seed)
-    lens = HeadLens(model, heads, param)
+    lens = HeadLens(model, heads, param, inputs, objective)
     opt = torch.optim.Adam(lens.params.parameters(), lr=lr)
     start = 0
     ckdir = check_checkpoint_dir(checkpoint_dir, resume)
-    meta = {**(meta or {}), "lr": lr, "batch_tokens": batch_tokens, "seed": seed, "objective": "KL(p_model || lens)"}
+    meta = {**(meta or {}), "lr": lr, "batch_tokens": batch_tokens, "seed": seed, "inputs": inputs,
+            "objective": objective, "positions": train.positions, "loss": "KL(p_model || lens)"}
     if resume and ckdir is not None:
         newest = check_resume(ckdir, resume_expectations(model, heads, param, meta), steps)
         if newest is not None:
             start = _restore(lens, opt, newest[1])
-    n = train.x.shape[0]
+    x = lens_inputs(lens, train)
+    n = train.n_rows
     losses: list[float] = []
     for step in progress_bar(range(start, steps), "training lens", enabled=progress, total=max(0, steps - start)):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(0, n, (batch_tokens,), generator=gen)
         with torch.no_grad():
             teacher = final_logits(model, train.teacher[idx]).log_softmax(-1)
-        loss = torch.stack([kl_to_teacher(teacher, lens.head_logits(i, train.x[idx, i])) for i in range(len(lens.heads))]).mean()
+        loss = lens_loss(lens, x[idx], teacher)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -255,25 +310,34 @@ def train_lens(
 
 
 def heldout_kl(model: Any, lens: HeadLens, data: LensData, chunk: int = 256) -> dict[str, dict[str, float]]:
-    """Held-out KL(p_model || lens) per head for the trained and the training-free lens.
+    """Held-out KL(p_model || lens) per unit of the objective, for the trained lens and for the
+    same lens at initialisation (``training_free``: with ``factored``/``full`` and ``scaled``
+    inputs on a model without unembedding bias, the training-free lens ``ln="residual"``).
 
     Returns:
-        ``{"L.H": {"trained": kl, "training_free": kl}}`` (nats, mean over positions).
+        ``{unit: {"trained": kl, "training_free": kl}}`` with ``unit`` ``"L.H"`` (``objective="head"``)
+        or ``"L"`` (``layer_sum``); nats, mean over the rows.
     """
+    init = HeadLens(model, lens.heads, lens.param, lens.inputs, lens.objective)
+    x = lens_inputs(lens, data)
     out: dict[str, dict[str, float]] = {}
-    n = data.x.shape[0]
+    n = data.n_rows
     with torch.inference_mode():
-        for i, h in enumerate(lens.heads):
+        for name, members in lens.groups():
             tot_t = tot_f = 0.0
             for s in range(0, n, chunk):
                 sl = slice(s, min(n, s + chunk))
                 teacher = final_logits(model, data.teacher[sl]).log_softmax(-1)
                 m = sl.stop - sl.start
-                tot_t += float(kl_to_teacher(teacher, lens.head_logits(i, data.x[sl, i]))) * m
-                free = lens_logits(model, data.raw[sl, i], data.scale[sl], "residual")
-                tot_f += float(kl_to_teacher(teacher, free)) * m
-            out[head_key(h)] = {"trained": tot_t / n, "training_free": tot_f / n}
+                tot_t += float(kl_to_teacher(teacher, lens.group_logits(members, x[sl]))) * m
+                tot_f += float(kl_to_teacher(teacher, init.group_logits(members, x[sl]))) * m
+            out[name] = {"trained": tot_t / n, "training_free": tot_f / n}
     return out
+
+
+def unit_of(lens: HeadLens, head: Head) -> str:
+    """The name of the objective's unit that ``head`` belongs to (``"L.H"`` or ``"L"``)."""
+    return head_key(head) if lens.objective == "head" else str(head[0])
 
 
 def constant_kl(model: Any, train: LensData, held: LensData, chunk: int = 256) -> float:
@@ -305,30 +369,37 @@ def fit_and_evaluate(
     checkpoint_every: int = 50,
     resume: bool = False,
     progress: bool = False,
+    inputs: str = "scaled",
+    objective: str = "head",
+    positions: str = "all",
 ) -> tuple[HeadLens, dict[str, dict[str, float]], list[float]]:
     """Collect the corpus task's train/eval windows, train, and measure held-out KLs.
 
     Returns:
-        ``(lens, {"L.H": {"trained": kl, "training_free": kl, "best_constant": kl}}, losses)``;
-        the KLs are also in ``lens.metadata`` (saved with the file).
+        ``(lens, {"L.H": {"trained": kl, "training_free": kl, "best_constant": kl}}, losses)``
+        (one entry per head; with ``objective="layer_sum"`` every head of a layer carries its
+        layer's values); the KLs are also in ``lens.metadata`` (saved with the file).
     """
     for layer, head in heads:  # before the (slow) collection
         model.check_head(layer, head)
     check_settings(steps, lr, batch_tokens, checkpoint_every)
+    HeadLens.check_options(param, inputs, objective)
+    if positions not in POSITIONS:
+        raise HeadscopeError(f"unknown lens positions '{positions}': choose {', '.join(POSITIONS)}.")
     meta = {"corpus": task.describe(), "param": param}
     ckdir = check_checkpoint_dir(checkpoint_dir, resume)
     if resume and ckdir is not None:
-        check_resume(ckdir, resume_expectations(model, heads, param, {**meta, "lr": lr, "batch_tokens": batch_tokens,
-                                                                      "seed": seed}), steps)
-    train = collect(model, task.windows(model, "train"), heads)
-    held = collect(model, task.windows(model, "eval"), heads)
+        check_resume(ckdir, resume_expectations(model, heads, param, {
+            **meta, "lr": lr, "batch_tokens": batch_tokens, "seed": seed, "inputs": inputs, "objective": objective,
+            "positions": positions}), steps)
+    train = collect(model, task.windows(model, "train"), heads, positions=positions)
+    held = collect(model, task.windows(model, "eval"), heads, positions=positions)
     lens, losses = train_lens(model, heads, train, steps, lr, batch_tokens, param, seed, checkpoint_dir,
-                              checkpoint_every, resume, progress, meta)
-    kls = heldout_kl(model, lens, held)
+                              checkpoint_every, resume, progress, meta, inputs, objective)
+    by_unit = heldout_kl(model, lens, held)
     best_constant = constant_kl(model, train, held)
-    for entry in kls.values():
-        entry["best_constant"] = best_constant
+    kls = {head_key(h): {**by_unit[unit_of(lens, h)], "best_constant": best_constant} for h in lens.heads}
     lens.metadata["heldout_kl"] = json.dumps(kls)
-    lens.metadata["n_train_tokens"] = str(train.x.shape[0])
-    lens.metadata["n_eval_tokens"] = str(held.x.shape[0])
+    lens.metadata["n_train_tokens"] = str(train.n_rows)
+    lens.metadata["n_eval_tokens"] = str(held.n_rows)
     return lens, kls, losses

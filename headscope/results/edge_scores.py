@@ -18,8 +18,7 @@ from typing import Any
 import pandas as pd
 
 from headscope.errors import HeadscopeError
-from headscope.results.atomic import atomic_write
-from headscope.results.head_scores import METADATA_KEY
+from headscope.results.head_scores import METADATA_KEY, write_parquet
 
 EDGE_COLUMNS = ("model", "task", "method", "sender", "receiver", "receiver_input", "score", "circuit")
 
@@ -83,18 +82,8 @@ class EdgeScores(pd.DataFrame):
 
     def to_parquet(self, path: str | Path, **kwargs: Any) -> Path:  # type: ignore[override]
         """Write atomically to ``path`` with the provenance in the schema metadata."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self.validate()
-        table = pa.Table.from_pandas(pd.DataFrame(self), preserve_index=False)
-        meta = dict(table.schema.metadata or {})
-        meta[METADATA_KEY] = json.dumps(self.provenance, default=str).encode()
-        table = table.replace_schema_metadata(meta)
-        target = Path(path).expanduser()
-        with atomic_write(target, suffix=".parquet") as tmp:
-            pq.write_table(table, tmp, **kwargs)
-        return target
+        return write_parquet(pd.DataFrame(self), self.provenance, path, **kwargs)
 
 
 def read_edge_scores(path: str | Path) -> EdgeScores:

@@ -23,6 +23,22 @@ OPTIONAL_COLUMNS = ("kv_head", "position", "stderr", "n")
 METADATA_KEY = b"headscope"
 
 
+def write_parquet(frame: pd.DataFrame, provenance: dict[str, Any], path: str | Path, **kwargs: Any) -> Path:
+    """Write ``frame`` atomically to ``path`` (:func:`atomic_write`: umask, existing mode kept),
+    with ``provenance`` as JSON under the schema metadata key ``headscope``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[METADATA_KEY] = json.dumps(provenance, default=str).encode()
+    table = table.replace_schema_metadata(meta)
+    target = Path(path).expanduser()
+    with atomic_write(target, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp, **kwargs)
+    return target
+
+
 class HeadScores(pd.DataFrame):
     """Tidy per-head scores. See the module docstring for the schema."""
 
@@ -141,18 +157,8 @@ class HeadScores(pd.DataFrame):
     # ------------------------------------------------------------------ I/O
     def to_parquet(self, path: str | Path, **kwargs: Any) -> Path:  # type: ignore[override]
         """Write atomically to ``path`` with the provenance in the schema metadata."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self.validate()
-        table = pa.Table.from_pandas(pd.DataFrame(self), preserve_index=False)
-        meta = dict(table.schema.metadata or {})
-        meta[METADATA_KEY] = json.dumps(self.provenance, default=str).encode()
-        table = table.replace_schema_metadata(meta)
-        target = Path(path).expanduser()
-        with atomic_write(target, suffix=".parquet") as tmp:
-            pq.write_table(table, tmp, **kwargs)
-        return target
+        return write_parquet(pd.DataFrame(self), self.provenance, path, **kwargs)
 
 
 def read_parquet(path: str | Path) -> HeadScores:

@@ -614,10 +614,12 @@ def _interrupt(args: list[str], cwd: Path, env: dict, after: str, sig: int) -> t
     return proc.returncode, seen + out, err
 
 
-SLOW_SCORE = ["score", "-m", TOY, "-o", "n_prompts=400", "-o", "seq_len=16", "--out", "r.parquet"]
+# "slow" = tens of seconds of work even on a fast machine, so the signal sent 0.5 s after the
+# marker line always lands mid-run (400 prompts of 16 tokens could finish first: a flaky race)
+SLOW_SCORE = ["score", "-m", TOY, "-o", "n_prompts=20000", "-o", "seq_len=32", "--out", "r.parquet"]
 SLOW_RECIPE = (f"name: slow\nmodel: {TOY}\ntask: induction\nsteps:\n"
                "  - {id: quick, analyzer: pattern_scores, task_params: {n_prompts: 2, seq_len: 8}}\n"
-               "  - {id: slow, analyzer: pattern_scores, task_params: {n_prompts: 400, seq_len: 16}}\n")
+               "  - {id: slow, analyzer: pattern_scores, task_params: {n_prompts: 20000, seq_len: 32}}\n")
 
 
 def _user_error(box: Path) -> dict:

@@ -598,8 +598,11 @@ def test_user_file_cache_follows_content(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- real processes
 def _interrupt(args: list[str], cwd: Path, env: dict, after: str, sig: int) -> tuple[int, str, str]:
     """Start the CLI, wait until stdout shows ``after``, send ``sig``; return (code, stdout, stderr)."""
+    # restore SIGINT's default in the child, as a foreground terminal process has it: a shell starts
+    # background jobs (`cmd &`, e.g. a CI runner's) with SIGINT ignored, and a child inherits that
     proc = subprocess.Popen([sys.executable, "-u", "-m", "headscope", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     deadline = time.monotonic() + 600  # a loaded CI machine starts Python and torch slowly
     while after not in seen:

@@ -10,7 +10,7 @@ exception they can catch.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class HeadscopeError(Exception):
@@ -27,3 +27,14 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
         return ""
     quoted = ", ".join(f"'{c}'" for c in close)
     return f" Did you mean {quoted}?"
+
+
+def reject_unknown(owner: str, given: Iterable[str], allowed: Sequence[str], noun: str = "option") -> None:
+    """One-line error for the first name in ``given`` that ``owner`` (e.g. "analyzer 'ships'")
+    does not accept, with close-name suggestions and the accepted names."""
+    bad = [k for k in given if k not in allowed]
+    if bad:
+        raise HeadscopeError(
+            f"{owner} has no {noun} {bad[0]!r}.{suggest(bad[0], allowed)} "
+            f"{noun.capitalize()}s: {', '.join(allowed) or 'none'}."
+        )

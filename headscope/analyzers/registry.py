@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from headscope.errors import HeadscopeError, suggest
+from headscope.errors import HeadscopeError, reject_unknown, suggest
 
 # modules whose import registers built-in analyzers
 _BUILTIN_MODULES = (
@@ -141,12 +141,7 @@ def run_analyzer(name: str, model: Any, task: Any, **options: Any) -> Any:
     annotations: see :mod:`headscope.params`) and task first."""
     info = get_analyzer(name)
     allowed = info.options()
-    bad = [k for k in options if k not in allowed]
-    if bad:
-        raise HeadscopeError(
-            f"analyzer '{name}' has no option {bad[0]!r}.{suggest(bad[0], allowed)} "
-            f"Options: {', '.join(allowed) or 'none'}."
-        )
+    reject_unknown(f"analyzer '{name}'", options, allowed)
     task_name = getattr(task, "name", None)
     if info.tasks and task_name not in info.tasks:
         raise HeadscopeError(

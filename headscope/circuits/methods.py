@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from headscope.analyzers.registry import AnalyzerInfo
-from headscope.errors import HeadscopeError, suggest
+from headscope.errors import HeadscopeError, reject_unknown, suggest
 
 CIRCUIT_METHODS: dict[str, AnalyzerInfo] = {}
 _BUILTIN = ("headscope.circuits.methods", "headscope.circuits.prune", "headscope.circuits.composition",
@@ -63,11 +63,7 @@ def run_circuit_method(name: str, model: Any, task: Any, **options: Any) -> Any:
     """Run a registered circuit method after checking its option names and types."""
     info = get_circuit_method(name)
     allowed = info.options()
-    bad = [k for k in options if k not in allowed]
-    if bad:
-        raise HeadscopeError(
-            f"circuit method '{name}' has no option {bad[0]!r}.{suggest(bad[0], allowed)} Options: {', '.join(allowed) or 'none'}."
-        )
+    reject_unknown(f"circuit method '{name}'", options, allowed)
     call, preset, applied = info.expand_preset(info.coerce(options, "circuit "))
     result = info.fn(model, task, **call)
     if preset is not None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from headscope.errors import HeadscopeError, suggest
+from headscope.errors import HeadscopeError, reject_unknown, suggest
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,7 @@ def make_task(name: str, **params: Any) -> Any:
     a parameter's annotation, are one-line errors; text such as ``"8"`` is converted)."""
     info = get_task_info(name)
     allowed = info.parameters()
-    bad = [k for k in params if k not in allowed]
-    if bad:
-        raise HeadscopeError(
-            f"task '{name}' has no parameter {bad[0]!r}.{suggest(bad[0], allowed)} "
-            f"Parameters: {', '.join(allowed)}."
-        )
+    reject_unknown(f"task '{name}'", params, allowed, noun="parameter")
     return info.factory(**info.coerce(params))
 
 

@@ -62,6 +62,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random edge sets")
     ap.add_argument("--top-heads", type=int, default=10, help="activation-patching heads to compare")
     ap.add_argument("--skip-heads", action="store_true", help="skip head-level activation patching")
+    ap.add_argument("--prune", type=int, nargs="*", default=[],
+                    help="candidate counts N: ACDC-style greedy pruning (the `verified` method's) of the top-N edges")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="pruning threshold on the prompt-mean logit diff (default 1%% of |clean - corrupted|)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -70,7 +74,7 @@ def main() -> None:
     from headscope.circuits.attribution import edge_attribution
     from headscope.circuits.exact import exact_edge_effects
     from headscope.circuits.methods import circuit_mask, result, setup
-    from headscope.circuits.prune import agreement, faithfulness_curve
+    from headscope.circuits.prune import agreement, faithfulness, faithfulness_curve, greedy_prune
     from headscope.tasks import make_task
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -117,6 +121,31 @@ def main() -> None:
     for row in curve:
         print(f"{row['edges']:>6}{row['faithfulness']:>12.3f}{row['random_mean']:>13.3f}{row['random_std']:>12.3f}")
 
+    # 2b. verified circuits: greedy pruning of the top-N candidates, as the `verified` method does
+    pruned_rows = []
+    thr = 0.01 * abs(clean - corrupted) if args.threshold is None else args.threshold
+    for n_cand in sorted(args.prune):
+        t0 = time.perf_counter()
+        cand = torch.zeros(n_edges, dtype=torch.bool)
+        cand[ig.abs().argsort(descending=True, stable=True)[:n_cand]] = True
+        kept, tried = greedy_prune(engine, runs, graph, cand, thr)
+        n_kept = int(kept.sum())
+        gen = torch.Generator().manual_seed(args.seed)
+        rand = []
+        for _ in range(args.n_random):
+            r = torch.zeros(n_edges, dtype=torch.bool)
+            r[torch.randperm(n_edges, generator=gen)[:n_kept]] = True
+            rand.append(faithfulness(engine, runs, graph, r))
+        row = {"candidates": n_cand, "kept": n_kept, "removals_tried": tried, "threshold": thr,
+               "candidates_faithfulness": faithfulness(engine, runs, graph, cand),
+               "pruned_faithfulness": faithfulness(engine, runs, graph, kept),
+               "random_mean": float(torch.tensor(rand).mean()) if rand else float("nan"),
+               "seconds": time.perf_counter() - t0}
+        pruned_rows.append(row)
+        print(f"pruned top-{n_cand}: kept {n_kept} edges, faithfulness {row['pruned_faithfulness']:.3f} "
+              f"(candidates {row['candidates_faithfulness']:.3f}, random {n_kept}-edge sets {row['random_mean']:.3f}); "
+              f"{row['seconds']:.0f} s", flush=True)
+
     # 3. heads in the circuit vs head-level activation patching
     touched: dict[tuple[int, int], float] = {}
     for i in top.tolist():
@@ -158,7 +187,7 @@ def main() -> None:
     exact_col = torch.full((n_edges,), float("nan"))
     exact_col[top] = exact
     mask = circuit_mask(ig, top_edges=k)
-    choices = {"verification": agree, "faithfulness_curve": curve, "heads": heads_info,
+    choices = {"verification": agree, "faithfulness_curve": curve, "pruned": pruned_rows, "heads": heads_info,
                "ranking": f"EAP-IG, {args.steps} steps, input interpolation, grid clean_end"}
     edges = result(model, task, "eap_ig", graph, runs, ig, mask,
                    {"steps": args.steps, "top_edges": k, "n_random": args.n_random, "seed": args.seed},

@@ -28,6 +28,7 @@ NARROW = {
                     **{s: {"options": {"sender_layers": WINDOW}}
                        for s in ("pp_logits", "pp_name_movers_q", "pp_s_inhibition_v")}},
     "safety_heads": {"ships": {"options": {"layers": "28-29"}}},
+    "ioi_circuit_edges": {"act_patch": {"options": {"layers": WINDOW}}},
     "retrieval_heads": {"retrieval": {"task_params": {"context_lengths": [128], "needles_per_cell": 1},
                                       "options": {"mask_k": 2, "n_random": 1, "max_new_tokens": 12}}},
     "attention_lens": {"logit_lens": {"options": {"max_prompts": 1}}},
@@ -35,7 +36,8 @@ NARROW = {
 # minutes each on a busy 2-core CPU (about 30 s together on a quiet one); they run by default,
 # HEADSCOPE_QUICK_RECIPES=1 skips them (the IOI chain is also covered on the toy circuit below)
 SLOW = {"ioi_circuit": "activation + 3 path-patching sweeps", "retrieval_heads": "greedy decoding x 3 masking conditions", "safety_heads": "Ships + Sahara ablations",
-        "attention_lens": "per-head lens over the vocabulary + lens training"}
+        "attention_lens": "per-head lens over the vocabulary + lens training",
+        "ioi_circuit_edges": "EAP-IG over every edge + exact verification and pruning"}
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +133,8 @@ def test_resume_skips_up_to_date_steps_and_reruns_dependants(tmp_path):
 
 
 @pytest.mark.smollm2
-@pytest.mark.parametrize("name", ["induction_heads", "successor_heads", "ioi_circuit", "retrieval_heads",
-                                  "safety_heads", "attention_lens"])
+@pytest.mark.parametrize("name", ["induction_heads", "successor_heads", "ioi_circuit", "ioi_circuit_edges",
+                                  "retrieval_heads", "safety_heads", "attention_lens"])
 def test_recipe_runs_on_smollm2(name, smollm2, tmp_path):
     if name in SLOW and os.environ.get("HEADSCOPE_QUICK_RECIPES"):
         pytest.skip(f"{name}: slow on a busy CPU ({SLOW[name]}); unset HEADSCOPE_QUICK_RECIPES to run it")
@@ -140,8 +142,11 @@ def test_recipe_runs_on_smollm2(name, smollm2, tmp_path):
     result = run_recipe(recipe, model="smollm2-135m", quick=True, out_dir=tmp_path, loaded_model=smollm2,
                         progress=False, log=lambda _: None)
     assert set(result.paths) == {s.id for s in recipe.steps}
+    from headscope.results.edge_scores import read_edge_scores
+
+    circuit_steps = {s.id for s in recipe.steps if getattr(s, "circuit", None)}
     for step_id, path in result.paths.items():
-        scores = read_parquet(path)
+        scores = read_edge_scores(path) if step_id in circuit_steps else read_parquet(path)
         assert scores.provenance["recipe"]["step"] == step_id and len(scores)
     page = result.report.read_text()
     assert page.count('class="plotly-graph-div"') >= len(recipe.steps) and recipe.title in page
@@ -150,6 +155,17 @@ def test_recipe_runs_on_smollm2(name, smollm2, tmp_path):
         assert (classes["head_class"] != "").any()
         receivers = read_parquet(result.paths["pp_name_movers_q"]).provenance["choices"]["receivers"]
         assert receivers.endswith(":q") and len(receivers.split(":")[0].split(",")) == 3
+    if name == "ioi_circuit_edges":
+        # verified: the candidates are the top |EAP-IG| edges of the eap_ig step (same prompts, options)
+        eap_ig = read_edge_scores(result.paths["eap_ig"])
+        verified = read_edge_scores(result.paths["verified"])
+        n_cand = verified.provenance["choices"]["pruning"]["candidates"]
+        checked = verified.dropna(subset=["exact"])
+        assert len(checked) == n_cand and verified["circuit"].sum() <= n_cand
+        def keys(t):  # noqa: ANN001, ANN202
+            return set(t["sender"] + ">" + t["receiver"] + ":" + t["receiver_input"])
+
+        assert keys(checked) == keys(eap_ig.top(n_cand))
 
 
 def test_toml_recipes_parse_like_yaml(tmp_path):

@@ -73,7 +73,8 @@ class ShardPlan:
             try:
                 return compute()
             except HeadscopeError as exc:
-                raise HeadscopeError(f"shard {self.shard}: {exc}") from None
+                named = str(exc).startswith(f"shard {self.shard}:")  # run_shard's own errors name it already
+                raise HeadscopeError(str(exc) if named else f"shard {self.shard}: {exc}") from None
         from headscope.scale import dist
         from headscope.scale.merge import merge_parts
         from headscope.scale.wire import decode, describe_failure, encode, encode_failure

@@ -123,3 +123,22 @@ def test_launcher_env_checks(monkeypatch):
     assert from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}).world_size == 4
     with pytest.raises(HeadscopeError, match="RANK=4 does not lie"):
         from_env({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+def test_device_map_with_several_ranks_per_node_needs_visible_devices(monkeypatch):
+    """docs/scaling.md: every rank would spread its model over all GPUs; refused unless
+    CUDA_VISIBLE_DEVICES gives each rank its own, or there is one rank per node."""
+    from headscope.cli.sharding import plan_shards
+    from headscope.errors import HeadscopeError
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(HeadscopeError, match="--device-map with 2 ranks per node"):
+        plan_shards(None, device_map="auto")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert plan_shards(None, device_map="auto").shard.index == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert plan_shards(None, device_map="auto").shard.count == 4

@@ -1,4 +1,5 @@
-"""torch.distributed sweeps on CPU (gloo, 2 ranks): torchrun == one process; a failed rank is named.
+"""torch.distributed sweeps on CPU (gloo, 2 ranks): torchrun == one process (head scores and
+exact edge scores); a failed rank is named.
 
 The reference is the one-process run (the property under test is that distributing changes
 nothing); activation patching itself is checked against hand-written hooks in test_scale.py.
@@ -51,6 +52,31 @@ def test_torchrun_two_gloo_ranks_equal_one_process(tmp_path):
     assert merged.provenance["options"] == full.provenance["options"]
 
 
+def test_torchrun_exact_edges_two_gloo_ranks_equal_one_process(tmp_path):
+    """``headscope circuit --method exact`` under torchrun: the ranks' receiver blocks gathered on
+    rank 0 into one EdgeScores file (its numbers are checked against raw HF in test_scale_edges.py)."""
+    from headscope.circuits.methods import run_circuit_method
+    from headscope.results.edge_scores import read_edge_scores
+
+    out = tmp_path / "edges.parquet"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "headscope",
+           "circuit", "--model", "zoo-llama", "--task", "induction_contrast", "--method", "exact",
+           "-o", "n_prompts=4", "-o", "seed=1", "-o", "top_edges=8", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edges.parquet"]  # rank 0 wrote one file, no parts
+    merged = read_edge_scores(out)
+    full = run_circuit_method("exact", headscope.load_model("zoo-llama"), make_task("induction_contrast", n_prompts=4, seed=1),
+                              top_edges=8)
+    ids = ["sender", "receiver", "receiver_input"]
+    assert merged[ids].values.tolist() == full[ids].values.tolist()
+    np.testing.assert_allclose(merged["score"].to_numpy(float), full["score"].to_numpy(float), rtol=0, atol=1e-6)
+    assert merged["circuit"].tolist() == full["circuit"].tolist() and int(merged["circuit"].sum()) == 8
+    assert merged.provenance["world_size"] == 2
+    assert merged.provenance["sharding"] == {"mode": "torch.distributed", "parts": 2, "unit": "receiver block", "n_units": 4}
+    assert merged.provenance["options"] == full.provenance["options"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,3 +123,22 @@ def test_launcher_env_checks(monkeypatch):
     assert from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}).world_size == 4
     with pytest.raises(HeadscopeError, match="RANK=4 does not lie"):
         from_env({"RANK": "4", "WORLD_SIZE": "4"})
+
+
+def test_device_map_with_several_ranks_per_node_needs_visible_devices(monkeypatch):
+    """docs/scaling.md: every rank would spread its model over all GPUs; refused unless
+    CUDA_VISIBLE_DEVICES gives each rank its own, or there is one rank per node."""
+    from headscope.cli.sharding import plan_shards
+    from headscope.errors import HeadscopeError
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(HeadscopeError, match="--device-map with 2 ranks per node"):
+        plan_shards(None, device_map="auto")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert plan_shards(None, device_map="auto").shard.index == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert plan_shards(None, device_map="auto").shard.count == 4

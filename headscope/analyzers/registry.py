@@ -149,9 +149,11 @@ def run_analyzer(name: str, model: Any, task: Any, **options: Any) -> Any:
         )
     call, preset, applied = info.expand_preset(info.coerce(options))
     result = info.fn(model, task, **call)
-    if preset is not None and hasattr(result, "provenance"):
+    if hasattr(result, "provenance"):
         prov = dict(result.provenance)
-        prov["preset"] = preset
-        prov["preset_options"] = applied
+        prov.setdefault("world_size", 1)  # one process (a shard or merge overwrites it: headscope.scale)
+        if preset is not None:
+            prov["preset"] = preset
+            prov["preset_options"] = applied
         result.provenance = prov
     return result

@@ -10,12 +10,14 @@ Built in:
 * ``eap_ig``: EAP-IG (Hanna et al. 2024), ``steps`` (default 5), input or activation
   interpolation, logit-difference or KL metric;
 * ``exact``: exact edge patching of every edge (:mod:`.exact`), the reference the others
-  estimate (one batched forward per group of edges; use it on small models);
+  estimate (one batched forward per group of edges; use it on small models). The one method
+  that splits into shards (``--shard I/N``, torchrun): units are receiver blocks
+  (:mod:`.sharding`);
 * ``verified``: EAP-IG ranking, exact verification of the top edges and greedy pruning
   (:mod:`.prune`).
 
 The circuit flag: the ``top_edges`` edges with the largest ``|score|``, or all edges with
-``|score| >= threshold`` when a threshold is given.
+``|score| >= threshold`` when a threshold is given (edges not scored, NaN, are never in it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from headscope.analyzers.registry import AnalyzerInfo
+from headscope.circuits.sharding import EXACT_SHARDS
 from headscope.errors import HeadscopeError, reject_unknown, suggest
 
 CIRCUIT_METHODS: dict[str, AnalyzerInfo] = {}
@@ -34,12 +37,21 @@ _BUILTIN = ("headscope.circuits.methods", "headscope.circuits.prune", "headscope
             "headscope.circuits.routes")
 
 
-def register_circuit_method(name: str, summary: str, presets: Mapping[str, Mapping[str, Any]] | None = None
-                            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``fn(model, task, **options) -> EdgeScores`` under ``name``."""
+def register_circuit_method(name: str, summary: str, presets: Mapping[str, Mapping[str, Any]] | None = None,
+                            shard: Any = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``fn(model, task, **options) -> EdgeScores`` under ``name``.
+
+    Args:
+        shard: a :class:`headscope.scale.spec.ShardSpec` if the method splits into independent
+            units (``--shard I/N``, torchrun; its provenance name is ``circuit:<name>``).
+    """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        CIRCUIT_METHODS[name] = AnalyzerInfo(name, fn, summary, (), dict(presets or {}))
+        info = AnalyzerInfo(name, fn, summary, (), dict(presets or {}), shard)
+        unknown = sorted(set(getattr(shard, "options", ())) - set(info.options()))
+        if unknown:
+            raise TypeError(f"the shard spec of circuit method {name!r} sets unknown options {unknown}")
+        CIRCUIT_METHODS[name] = info
         return fn
 
     return deco
@@ -66,24 +78,27 @@ def run_circuit_method(name: str, model: Any, task: Any, **options: Any) -> Any:
     reject_unknown(f"circuit method '{name}'", options, allowed)
     call, preset, applied = info.expand_preset(info.coerce(options, "circuit "))
     result = info.fn(model, task, **call)
+    prov = dict(result.provenance)
+    prov.setdefault("world_size", 1)  # one process (a shard or merge overwrites it: headscope.scale)
     if preset is not None:
-        prov = dict(result.provenance)
         prov["preset"], prov["preset_options"] = preset, applied
-        result.provenance = prov
+    result.provenance = prov
     return result
 
 
 def circuit_mask(scores: torch.Tensor, top_edges: int = 100, threshold: float | None = None) -> torch.Tensor:
-    """Bool (E,): ``|score| >= threshold`` if given, else the ``top_edges`` largest ``|score|``."""
+    """Bool (E,): ``|score| >= threshold`` if given, else the ``top_edges`` largest ``|score|``;
+    NaN scores (edges not computed, e.g. outside ``receiver_layers``) are never in the circuit."""
     if threshold is not None:
         if threshold < 0:
             raise HeadscopeError(f"threshold must be >= 0 (it applies to |score|); got {threshold}.")
         return scores.abs() >= threshold
     if top_edges < 1:
         raise HeadscopeError(f"top_edges must be at least 1; got {top_edges}.")
+    size = scores.abs().nan_to_num(nan=-1.0)  # argsort puts NaN first when descending
     mask = torch.zeros(len(scores), dtype=torch.bool)
-    mask[scores.abs().argsort(descending=True, stable=True)[:top_edges]] = True
-    return mask
+    mask[size.argsort(descending=True, stable=True)[:top_edges]] = True
+    return mask & ~scores.isnan()
 
 
 def setup(model: Any, task: Any, metric: str = "logit_diff", progress: bool = False) -> tuple[Any, Any, Any, Any]:
@@ -168,22 +183,34 @@ def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", 
                            "k = 0..steps-1 (grid corrupted_end, hannamw/EAP-IG's input mode)"})
 
 
-@register_circuit_method("exact", "exact edge patching of every edge (the reference; small models)")
+@register_circuit_method("exact", "exact edge patching of every edge (the reference; small models)", shard=EXACT_SHARDS)
 def exact(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100, threshold: float | None = None,
-          progress: bool = False) -> Any:
+          progress: bool = False, receiver_layers: list[int] | None = None) -> Any:
     """Exact noising effect of every edge, each patched alone (:mod:`headscope.circuits.exact`).
 
     Args:
         metric: ``logit_diff`` or ``kl``.
         top_edges, threshold: the circuit flag.
         progress: progress bar.
+        receiver_layers: patch only the edges into these receiver blocks (``n_layers`` = the
+            logits); the other edges get NaN and stay out of the circuit. Sharded runs set it
+            per shard (:mod:`headscope.circuits.sharding`); None = every edge.
     """
     from headscope.circuits.exact import exact_edge_effects
 
+    if receiver_layers is not None:
+        bad = sorted({int(x) for x in receiver_layers} - set(range(model.n_layers + 1)))
+        if bad:
+            raise HeadscopeError(f"receiver_layers {bad} out of range: blocks are 0..{model.n_layers - 1} and "
+                                 f"{model.n_layers} for the logits.")
     _, engine, graph, runs = setup(model, task, metric, progress)
-    with torch.inference_mode():
-        scores = exact_edge_effects(engine, runs, graph.edges).mean(1)
+    wanted = None if receiver_layers is None else {int(x) for x in receiver_layers}
+    pick = [i for i, e in enumerate(graph.edges) if wanted is None or e.receiver.layer in wanted]
+    scores = torch.full((len(graph.edges),), float("nan"))
+    if pick:
+        with torch.inference_mode():
+            scores[pick] = exact_edge_effects(engine, runs, [graph.edges[i] for i in pick]).mean(1)
     circuit = circuit_mask(scores, top_edges, threshold)
     return result(model, task, "exact", graph, runs, scores, circuit,
-                  {"metric": metric, "top_edges": top_edges, "threshold": threshold},
+                  {"metric": metric, "top_edges": top_edges, "threshold": threshold, "receiver_layers": receiver_layers},
                   {"patch": "one edge at a time, everything else clean"}, extra={"exact": scores.tolist()})

@@ -4,6 +4,10 @@
 
 ``-o KEY=VALUE`` goes to the task if it has that parameter, otherwise to the method (typed by
 its annotations). Mistakes get one line and exit 2, like every other command.
+
+Splitting (``exact`` only; docs/scaling.md): ``--shard I/N`` writes one part file
+(``<out>.shard-000I-of-000N.parquet``, merged by ``headscope merge``); under torchrun (``RANK`` /
+``WORLD_SIZE`` set) every rank runs one shard and rank 0 writes the merged file.
 """
 
 from __future__ import annotations
@@ -29,17 +33,27 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
         option: list[str] | None = typer.Option(None, "--option", "-o", help="task or method option KEY=VALUE (repeatable)"),
         top: int = typer.Option(10, "--top", min=1, help="edges to print"),
+        shard: str | None = typer.Option(None, "--shard", help="I/N: run shard I (0-based) of N and write its part file "
+                                         "(method exact; merge with `headscope merge`)"),
     ) -> None:
-        """Score every edge of MODEL on TASK with a circuit METHOD and save tidy EdgeScores."""
+        """Score every edge of MODEL on TASK with a circuit METHOD and save tidy EdgeScores.
+
+        Under torchrun (RANK/WORLD_SIZE set) the exact method splits its receiver blocks over the
+        ranks and rank 0 writes the merged file; --shard I/N runs one part without a launcher.
+        """
         from headscope.circuits.methods import get_circuit_method, run_circuit_method
         from headscope.cli.app import _check_output, _slug
         from headscope.cli.display import console
         from headscope.cli.options import check_device, parse_options, route_options, typed
+        from headscope.cli.sharding import plan_shards
         from headscope.models import load_model
+        from headscope.scale.sweeps import CIRCUIT_PREFIX
         from headscope.tasks import make_task
         from headscope.tasks.registry import get_task_info
 
         check_device(device)
+        plan = plan_shards(shard, plot=plot)
+        device = plan.device(device)
         info = get_task_info(task)
         meth = get_circuit_method(method)
         task_kw, method_kw = route_options(parse_options(option), info.parameters(), meth.options())
@@ -47,6 +61,8 @@ def register(app: typer.Typer) -> None:
         if seed is not None and "seed" in info.parameters():
             task_kw["seed"] = seed
         out = _check_output(out or Path("results") / f"{_slug(model)}_{task}_circuit_{method}.parquet", ".parquet", "--out")
+        if plan.active:
+            plan.check_analyzer(CIRCUIT_PREFIX + method)
         if plot is not None:
             plot = _check_output(plot, ".html", "--plot")
         task_obj = make_task(task, **task_kw)
@@ -55,14 +71,23 @@ def register(app: typer.Typer) -> None:
 
             raise HeadscopeError(f"task '{task}' has no clean/corrupted inputs: circuits need a contrastive task "
                                  "(ioi, facts, induction_contrast, user_file).")
-        t0 = time.perf_counter()
-        with console.status(f"loading {model} ...", spinner="dots"):
-            loaded = load_model(model, device=device, dtype=dtype)
-        console.print(f"[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
-        t1 = time.perf_counter()
-        scores = run_circuit_method(method, loaded, task_obj, **method_kw)
-        console.print(f"[bold]{method}[/] on [bold]{task}[/]: {len(scores)} edges, "
-                      f"{int(scores['circuit'].sum())} in the circuit, in {time.perf_counter() - t1:.1f} s")
+
+        def compute() -> object:
+            t0 = time.perf_counter()
+            with console.status(f"loading {model} ...", spinner="dots"):
+                loaded = load_model(model, device=device, dtype=dtype)
+            console.print(f"{plan.prefix}[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
+            t1 = time.perf_counter()
+            got = plan.run(CIRCUIT_PREFIX + method, loaded, task_obj, method_kw) if plan.active else \
+                run_circuit_method(method, loaded, task_obj, **method_kw)
+            console.print(f"{plan.prefix}[bold]{method}[/] on [bold]{task}[/]: {len(got)} edges, "
+                          f"{int(got['circuit'].sum())} in the circuit, in {time.perf_counter() - t1:.1f} s")
+            return got
+
+        scores = plan.execute(compute)
+        if scores is None:  # a rank other than 0: rank 0 writes the merged result
+            return
+        out = plan.output(out)
         console.print(edge_table(scores, top))
         scores.to_parquet(out)
         console.print(f"wrote {out}")

@@ -1,5 +1,6 @@
-"""How ``headscope score`` runs when split: ``--shard I/N`` (one part file) or a torch.distributed
-launcher (every rank one shard, rank 0 writes the merged file); and the ``merge`` command."""
+"""How ``headscope score`` and ``headscope circuit`` run when split: ``--shard I/N`` (one part
+file) or a torch.distributed launcher (every rank one shard, rank 0 writes the merged file); and
+the ``merge`` command (head-score or edge-score parts)."""
 
 from __future__ import annotations
 
@@ -45,17 +46,16 @@ class ShardPlan:
         return device
 
     def check_analyzer(self, name: str) -> None:
-        """A one-line error before any work if ``name`` cannot be split."""
-        from headscope.analyzers.registry import ANALYZERS, get_analyzer
+        """A one-line error before any work if analyzer ``name`` (circuit method
+        ``circuit:<method>``) cannot be split."""
+        from headscope.scale.sweeps import lookup
 
-        if get_analyzer(name).shard is None:
-            sharded = sorted(a for a, i in ANALYZERS.items() if i.shard is not None)
-            how = "without torchrun (or with --nproc-per-node 1)" if self.distributed else "without --shard"
-            raise HeadscopeError(f"analyzer '{name}' cannot be split into shards: run it {how} "
-                                 f"(sharded analyzers: {', '.join(sharded)}).")
+        how = "without torchrun (or with --nproc-per-node 1)" if self.distributed else "without --shard"
+        lookup(name).refuse_unsharded(how)
 
     def run(self, name: str, model: Any, task: Any, options: dict[str, Any]) -> Any:
-        """This process's shard of analyzer ``name`` (:func:`headscope.scale.shard.run_shard`)."""
+        """This process's shard of analyzer ``name`` or circuit method ``circuit:<method>``
+        (:func:`headscope.scale.shard.run_shard`)."""
         from headscope.scale.shard import run_shard
 
         assert self.shard is not None
@@ -73,7 +73,8 @@ class ShardPlan:
             try:
                 return compute()
             except HeadscopeError as exc:
-                raise HeadscopeError(f"shard {self.shard}: {exc}") from None
+                named = str(exc).startswith(f"shard {self.shard}:")  # run_shard's own errors name it already
+                raise HeadscopeError(str(exc) if named else f"shard {self.shard}: {exc}") from None
         from headscope.scale import dist
         from headscope.scale.merge import merge_parts
         from headscope.scale.wire import decode, describe_failure, encode, encode_failure
@@ -147,25 +148,38 @@ def register(app: typer.Typer) -> None:
     def merge(
         parts: list[Path] = typer.Argument(..., help="the part files of one sharded run (*.shard-*-of-*.parquet)"),
         out: Path = typer.Option(..., "--out", help="the merged Parquet file"),
-        top: int = typer.Option(10, "--top", min=1, help="heads to print per metric"),
-        plot: Path | None = typer.Option(None, "--plot", help="write an interactive heatmap of the merged result (.html)"),
+        top: int = typer.Option(10, "--top", min=1, help="heads (edges) to print per metric"),
+        plot: Path | None = typer.Option(None, "--plot", help="write an interactive heatmap (circuit graph for edge scores) of the merged result (.html)"),
     ) -> None:
-        """Merge the parts of a --shard run into the file a single process would write.
+        """Merge the parts of a --shard run (`score` or `circuit`) into the file a single process would write.
 
         Refuses missing or duplicated shards and parts that disagree on model, task or options.
         """
         from headscope.cli.app import _check_output
         from headscope.cli.display import console, top_table
+        from headscope.results.edge_scores import EdgeScores
         from headscope.scale.merge import merge_files
 
         out = _check_output(out, ".parquet", "--out")
         if plot is not None:
             plot = _check_output(plot, ".html", "--plot")
         scores = merge_files(list(parts))
-        console.print(top_table(scores, k=top))
+        edges = isinstance(scores, EdgeScores)
+        if edges:
+            from headscope.cli.circuit import edge_table
+
+            console.print(edge_table(scores, top))
+        else:
+            console.print(top_table(scores, k=top))
         scores.to_parquet(out)
         console.print(f"wrote {out} ({scores.provenance['world_size']} parts)")
-        if plot is not None:
+        if plot is not None and edges:
+            from headscope.plots.circuit import edge_circuit_graph
+            from headscope.plots.save import save_html
+
+            save_html(edge_circuit_graph(scores), plot)
+            console.print(f"wrote {plot}")
+        elif plot is not None:
             from headscope.plots import head_heatmap, save_html
             from headscope.plots.figures import all_metric_heatmaps
 

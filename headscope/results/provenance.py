@@ -48,6 +48,9 @@ def build_provenance(
         choices: the methodological choices the analyzer made (BOS, normalisation, ablation
             kind, thresholds, ...), stated in its docstring and recorded here.
         seed: the random seed, if any.
+
+    ``world_size`` is 1: the result of one process. Sharded parts and merged or torchrun results
+    overwrite it with the number of shards (:mod:`headscope.scale`).
     """
     model_info = model.provenance() if hasattr(model, "provenance") else dict(model)
     return {
@@ -62,5 +65,6 @@ def build_provenance(
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": model_info.get("device", "cpu"),
+        "world_size": 1,
         "time_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

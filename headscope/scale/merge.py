@@ -3,8 +3,9 @@
 Checks first, each a one-line :class:`HeadscopeError`: every file is a part (has
 ``provenance["shard"]``); all parts split the run the same way (same N, unit and unit list);
 every shard 0..N-1 is there exactly once; and all parts agree on analyzer, model (weights,
-dtype; not the device), task and options. Then the analyzer's :class:`ShardSpec` merges them:
-by rows (each row is taken from the part that owns its unit) or by its own ``merge``.
+dtype; not the device), task and options. Then the analyzer's (or circuit method's, see
+:mod:`headscope.scale.sweeps`) :class:`ShardSpec` merges them: by rows (each row is taken from
+the part that owns its unit) or by its own ``merge``.
 
 The merged provenance is part 0's without ``shard``, with ``world_size`` = N and ``sharding``
 (N, the unit, the number of units).
@@ -21,6 +22,7 @@ from headscope.errors import HeadscopeError
 from headscope.scale.spec import ShardSpec, unit_key
 
 IDENTITY_COLUMNS = ("metric", "position", "layer", "head")
+EDGE_IDENTITY_COLUMNS = ("sender", "receiver", "receiver_input")
 
 
 def _model_identity(prov: dict[str, Any]) -> dict[str, Any]:
@@ -84,19 +86,25 @@ def check_parts(parts: list[Any], labels: list[str]) -> list[Any]:
     return ordered
 
 
-def merge_by_rows(parts: list[Any], spec: ShardSpec) -> Any:
-    """Each row from the part owning its unit (rows of no unit from part 0)."""
-    from headscope.results import HeadScores
+def merge_by_rows(parts: list[Any], spec: ShardSpec, identity: tuple[str, ...] = IDENTITY_COLUMNS) -> Any:
+    """Each row from the part owning its unit (rows of no unit from part 0).
 
+    Args:
+        parts: in shard order, all of one type (HeadScores or EdgeScores).
+        identity: the columns that name a row; every part must have the same ones in the same order.
+
+    Returns:
+        The parts' type, without provenance (the caller sets it).
+    """
     assert spec.row_units is not None
     base = parts[0]
-    ident = [c for c in IDENTITY_COLUMNS if c in base.columns]
+    ident = [c for c in identity if c in base.columns]
     for i, part in enumerate(parts[1:], start=1):
         if len(part) != len(base) or not part[ident].reset_index(drop=True).equals(base[ident].reset_index(drop=True)):
             raise HeadscopeError(f"shard {i} has different rows from shard 0: merge only parts of one run.")
     owner_of = {unit_key(u): i for i, p in enumerate(parts) for u in p.provenance["shard"]["units"]}
     owner = np.array([owner_of.get(u, 0) if u is not None else 0 for u in spec.row_units(base)])
-    out = HeadScores(base.reset_index(drop=True).copy())
+    out = type(base)(base.reset_index(drop=True).copy())
     for col in out.columns:
         if col in ident:
             continue
@@ -110,21 +118,23 @@ def merge_by_rows(parts: list[Any], spec: ShardSpec) -> Any:
 
 
 def merge_parts(parts: list[Any], labels: list[str] | None = None, mode: str = "merge") -> Any:
-    """Merge the parts of one sharded run (any order) into one :class:`HeadScores`.
+    """Merge the parts of one sharded run (any order) into one :class:`HeadScores` (or
+    :class:`~headscope.results.edge_scores.EdgeScores` for a circuit method).
 
     Args:
-        parts: HeadScores written by shards ``0..N-1`` of one run.
+        parts: HeadScores (EdgeScores) written by shards ``0..N-1`` of one run.
         labels: names for messages (file names); default ``part 0``, ``part 1``, ...
         mode: recorded in ``provenance["sharding"]["mode"]`` (``merge`` or ``torch.distributed``).
     """
-    from headscope.analyzers.registry import get_analyzer
+    from headscope.scale.sweeps import lookup
 
     labels = labels or [f"part {i}" for i in range(len(parts))]
     ordered = check_parts(parts, labels)
     prov0 = ordered[0].provenance
-    spec = get_analyzer(str(prov0.get("analyzer"))).shard
+    sweep = lookup(str(prov0.get("analyzer")))
+    spec = sweep.info.shard
     if spec is None:
-        raise HeadscopeError(f"analyzer '{prov0.get('analyzer')}' has no sharding: these parts cannot be merged.")
+        raise HeadscopeError(f"{sweep.label} has no sharding: these parts cannot be merged.")
     merged = spec.merge(ordered) if spec.merge is not None else merge_by_rows(ordered, spec)
     prov = dict(merged.provenance or prov0)
     shard = dict(prov.pop("shard", None) or prov0["shard"])
@@ -135,8 +145,21 @@ def merge_parts(parts: list[Any], labels: list[str] | None = None, mode: str = "
     return merged
 
 
-def merge_files(paths: list[Path]) -> Any:
-    """Read and merge part files (see :func:`merge_parts`)."""
+def read_part(path: Path) -> Any:
+    """A part file as EdgeScores when it has the edge columns, else as HeadScores (one-line
+    errors for missing or unreadable files, from the readers)."""
     from headscope.results import read_parquet
+    from headscope.results.edge_scores import EDGE_COLUMNS, read_edge_scores
 
-    return merge_parts([read_parquet(p) for p in paths], [str(p) for p in paths])
+    try:
+        import pyarrow.parquet as pq
+
+        names = set(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 - missing or unreadable: the HeadScores reader says which
+        names = set()
+    return read_edge_scores(path) if set(EDGE_COLUMNS) <= names else read_parquet(path)
+
+
+def merge_files(paths: list[Path]) -> Any:
+    """Read and merge part files of head scores or edge scores (see :func:`merge_parts`)."""
+    return merge_parts([read_part(p) for p in paths], [str(p) for p in paths])

@@ -63,32 +63,30 @@ def _defaults(fn: Any) -> dict[str, Any]:
 
 
 def run_units(name: str, model: Any, task: Any, **options: Any) -> tuple[Any, list[Unit]]:
-    """The analyzer's :class:`ShardSpec` and every unit of this run (a one-line error if the
-    analyzer cannot be sharded)."""
-    from headscope.analyzers.registry import ANALYZERS, get_analyzer
+    """The sweep's :class:`ShardSpec` and every unit of this run (a one-line error if the
+    analyzer or circuit method -- ``circuit:<method>``, see :mod:`headscope.scale.sweeps` --
+    cannot be sharded)."""
+    from headscope.scale.sweeps import lookup
 
-    info = get_analyzer(name)
-    spec = info.shard
-    if spec is None:
-        sharded = sorted(a for a, i in ANALYZERS.items() if i.shard is not None)
-        raise HeadscopeError(
-            f"analyzer '{name}' cannot be split into shards: run it without --shard or a launcher "
-            f"(sharded analyzers: {', '.join(sharded)})."
-        )
-    call, _, _ = info.expand_preset(info.coerce(options))
+    sweep = lookup(name)
+    sweep.refuse_unsharded("without --shard or a launcher")
+    spec = sweep.info.shard
+    call, _, _ = sweep.info.expand_preset(sweep.info.coerce(options))
     return spec, [unit_key(u) for u in spec.units(model, task, call)]
 
 
 def run_shard(name: str, model: Any, task: Any, shard: Shard, **options: Any) -> Any:
-    """Run shard ``shard`` of analyzer ``name``: only its units, provenance marked as a part.
+    """Run shard ``shard`` of analyzer ``name`` (or circuit method ``circuit:<method>``): only its
+    units, provenance marked as a part.
 
     Returns:
-        HeadScores of the whole grid, computed for this shard's units (other rows as the
-        analyzer leaves uncomputed units, e.g. NaN), with ``provenance["shard"]``.
+        HeadScores (EdgeScores) of the whole grid, computed for this shard's units (other rows
+        as the sweep leaves uncomputed units, e.g. NaN), with ``provenance["shard"]``.
     """
-    from headscope.analyzers.registry import get_analyzer, run_analyzer
+    from headscope.scale.sweeps import lookup
 
-    info = get_analyzer(name)
+    sweep = lookup(name)
+    info = sweep.info
     spec, units = run_units(name, model, task, **options)
     if shard.count > len(units):
         raise HeadscopeError(
@@ -96,7 +94,7 @@ def run_shard(name: str, model: Any, task: Any, shard: Shard, **options: Any) ->
             f"{len(units)} shards."
         )
     mine = shard.take(units)
-    result = run_analyzer(name, model, task, **{**options, **spec.restrict(mine)})
+    result = sweep.run(model, task, **{**options, **spec.restrict(mine)})
     call, _, _ = info.expand_preset(info.coerce(options))
     defaults = _defaults(info.fn)
     prov = dict(result.provenance)

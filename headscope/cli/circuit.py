@@ -1,9 +1,14 @@
 """``headscope circuit``: edge scores of a model on a contrastive task, saved as EdgeScores Parquet.
 
     headscope circuit --model toy-induction --task induction_contrast --method eap_ig -o steps=5
+    headscope circuit evaluate edges.parquet --task induction_contrast -o ablation=mean
 
 ``-o KEY=VALUE`` goes to the task if it has that parameter, otherwise to the method (typed by
 its annotations). Mistakes get one line and exit 2, like every other command.
+
+``circuit`` is a command group whose callback runs the method when no subcommand is given, so
+``headscope circuit --model ... --method ...`` works as before; ``evaluate``
+(:mod:`headscope.cli.circuit_evaluate`) is its subcommand.
 """
 
 from __future__ import annotations
@@ -15,10 +20,17 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``circuit`` command to the CLI app."""
+    """Add the ``circuit`` command group (the method run, and ``evaluate``) to the CLI app."""
+    from headscope.cli.circuit_evaluate import register as register_evaluate
 
-    @app.command()
+    group = typer.Typer(invoke_without_command=True, no_args_is_help=False, add_completion=False,
+                        pretty_exceptions_enable=False)
+    register_evaluate(group)
+    app.add_typer(group, name="circuit")
+
+    @group.callback()
     def circuit(
+        ctx: typer.Context,
         model: str = typer.Option("smollm2-135m", "--model", "-m", help="alias, toy-*, .gguf, directory or hub id"),
         task: str = typer.Option("ioi", "--task", "-t", help="a contrastive task (see `headscope tasks`)"),
         method: str = typer.Option("eap_ig", "--method", help="eap, eap_ig, exact, verified, routes, composition"),
@@ -30,7 +42,10 @@ def register(app: typer.Typer) -> None:
         option: list[str] | None = typer.Option(None, "--option", "-o", help="task or method option KEY=VALUE (repeatable)"),
         top: int = typer.Option(10, "--top", min=1, help="edges to print"),
     ) -> None:
-        """Score every edge of MODEL on TASK with a circuit METHOD and save tidy EdgeScores."""
+        """Score every edge of MODEL on TASK with a circuit METHOD and save tidy EdgeScores
+        (`headscope circuit evaluate --help`: evaluate a saved circuit)."""
+        if ctx.invoked_subcommand is not None:
+            return
         from headscope.circuits.methods import get_circuit_method, run_circuit_method
         from headscope.cli.app import _check_output, _slug
         from headscope.cli.display import console

@@ -33,6 +33,15 @@ def edge_table(graph: EdgeGraph, circuit: set, task: str = "induction_contrast",
                                  method="hand", provenance={"task": {"name": task, **TASK}})
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """toy-induction's matrices are small: one thread is faster than two on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def toy():  # noqa: ANN201
     from headscope.tasks.induction_contrast import InductionContrastTask

@@ -120,7 +120,9 @@ def test_cli_evaluate_reports_and_records_the_source_task(toy, tmp_path, capsys)
     """``headscope circuit evaluate`` on the planted circuit: the table's model and task (with the
     task parameters of its provenance) by default; JSON summary with faithfulness ~1 and
     incompleteness ~0; evaluated on another task than its table's, the provenance says cross-task
-    and names the circuit's task."""
+    and names the circuit's task; ``--reference`` adds the other circuit's faithfulness (the circuit
+    without the previous-token head: ~0, planted) and the overlap counted by hand (edges 2 of 4,
+    nodes 1 of 2)."""
     model, task, graph = toy
     src = edge_table(graph, PLANTED).to_parquet(tmp_path / "planted.parquet")
     code, out, err = _main(["circuit", "evaluate", str(src), "-o", "sizes=4", "-o", "samples=1", "-o", "greedy=0",
@@ -134,7 +136,9 @@ def test_cli_evaluate_reports_and_records_the_source_task(toy, tmp_path, capsys)
     faith = next(r["value"] for r in rows if r["quantity"] == "faithfulness")
     assert faith == pytest.approx(1.0, abs=0.02)
     other = edge_table(graph, PLANTED, task="ioi").to_parquet(tmp_path / "from_ioi.parquet")
+    ref = edge_table(graph, NO_PREV).to_parquet(tmp_path / "own.parquet")
     code, out, err = _main(["circuit", "evaluate", str(other), "--task", "induction_contrast", "-o", "n_prompts=4",
+                            "--reference", str(ref),
                             "-o", "seq_len=6", "-o", "curve=false", "-o", "samples=0", "-o", "greedy=0",
                             "--out", str(tmp_path / "cross.parquet")], capsys)
     assert code == 0, err
@@ -144,6 +148,12 @@ def test_cli_evaluate_reports_and_records_the_source_task(toy, tmp_path, capsys)
     meta = json.loads(pq.read_schema(tmp_path / "cross.parquet").metadata[b"headscope"])
     assert meta["choices"]["cross_task"] is True and meta["choices"]["circuit"]["task"] == "ioi"
     assert meta["analyzer"] == "circuit_evaluate"
+    rows = pq.read_table(tmp_path / "cross.parquet").to_pandas().set_index(["quantity", "subset"])
+    assert abs(rows.loc[("faithfulness", "reference"), "value"]) < 0.05
+    assert rows.loc[("faithfulness", "circuit"), "value"] == pytest.approx(1.0, abs=0.02)
+    assert tuple(rows.loc[("overlap", "edges"), ["value", "f_a", "f_b"]]) == (0.5, 2.0, 4.0)
+    assert tuple(rows.loc[("overlap", "nodes"), ["value", "f_a", "f_b"]]) == (0.5, 1.0, 2.0)
+    assert "reference circuit: faithfulness" in out
 
 
 def test_cli_compare_edge_tables(toy, tmp_path, capsys):

@@ -124,7 +124,8 @@ def _row(quantity: str, value: float, subset: str = "", edges: int = -1, **kw: A
 
 def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupted", metric: str = "logit_diff",
                      curve: bool = True, sizes: list[int] | None = None, n_random: int = 3, samples: int = 5,
-                     greedy: int = 3, seed: int = 0, source: dict[str, Any] | None = None) -> CircuitEvaluation:
+                     greedy: int = 3, seed: int = 0, source: dict[str, Any] | None = None,
+                     reference: Any | None = None) -> CircuitEvaluation:
     """Faithfulness, curve, completeness and minimality of the circuit in ``table`` (module docstring).
 
     Args:
@@ -138,12 +139,16 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
         samples: random ``K`` for completeness and minimality; ``greedy``: greedy completeness steps.
         seed: seed of the random edge sets and ``K``.
         source: where the circuit came from (file, model, task ...), recorded in the provenance.
+        reference: another EdgeScores table, e.g. the evaluated task's own circuit (Merullo et al.
+            2023): its faithfulness on the same runs and its overlap with the circuit are added.
 
     Returns:
         A :class:`CircuitEvaluation`. Rows: ``metric`` (subsets ``clean``, ``corrupted``,
         ``circuit``), ``faithfulness``, ``curve`` (``subset`` ``top``/``random_mean``/``random_std``,
         ``edges`` = k), ``incompleteness`` and ``minimality`` (:mod:`.nodes`; ``f_a``, ``f_b``
-        the two ``F`` values), ``nodes`` (the circuit's node count).
+        the two ``F`` values), ``nodes`` (the circuit's node count); with ``reference``:
+        ``faithfulness`` / ``reference`` and ``overlap`` (``edges``, ``nodes``: value the Jaccard
+        index, ``f_a`` the intersection, ``f_b`` the union size).
     """
     from headscope.circuits.methods import setup
     from headscope.circuits.nodes import (
@@ -181,6 +186,14 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
         for point in faithfulness_curve(engine, runs, graph, scores, sizes, n_random=n_random, seed=seed):
             for sub, key in (("top", "faithfulness"), ("random_mean", "random_mean"), ("random_std", "random_std")):
                 rows.append(_row("curve", point[key], sub, point["edges"]))
+    if reference is not None:
+        from headscope.circuits.overlap import circuit_overlap
+
+        ref_keep, _ = table_masks(reference, graph, getattr(model, "spec", ""))
+        rows.append(_row("faithfulness", faithfulness(engine, runs, graph, ref_keep), "reference", int(ref_keep.sum())))
+        ov = circuit_overlap(table, reference)
+        for part in ("edges", "nodes"):
+            rows.append(_row("overlap", ov[part]["jaccard"], part, f_a=float(ov[part]["both"]), f_b=float(ov[part]["union"])))
     nodes = circuit_nodes(graph, keep)
     f = NodeKnockout(engine, runs, graph)
     rows.append(_row("nodes", len(nodes), "circuit", K=",".join(nodes)))

@@ -4,6 +4,7 @@ of a saved circuit (:mod:`headscope.circuits.evaluate`), on its own task or anot
     headscope circuit evaluate ioi_edges.parquet                       # the model and task it was found on
     headscope circuit evaluate ioi_edges.parquet --task induction_contrast -o n_prompts=8   # cross-task
     headscope circuit evaluate edges.parquet -o ablation=mean -o sizes=1,5,10 --out eval.json
+    headscope circuit evaluate ioi.parquet --task facts --reference facts.parquet   # next to facts' own circuit
 
 ``--model`` and ``--task`` default to the table's; on the table's own task the task parameters
 recorded in its provenance are reused (``-o`` overrides them). ``-o KEY=VALUE`` goes to the task
@@ -61,6 +62,7 @@ def register(group: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N, mps or auto"),
         dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
         option: list[str] | None = typer.Option(None, "--option", "-o", help="task or evaluation option KEY=VALUE (repeatable)"),
+        reference: Path | None = typer.Option(None, "--reference", help="another EdgeScores table (e.g. the task's own circuit): its faithfulness and overlap"),
     ) -> None:
         """Faithfulness, faithfulness curve, completeness and minimality of a saved circuit."""
         from headscope.analyzers.registry import AnalyzerInfo
@@ -76,6 +78,7 @@ def register(group: typer.Typer) -> None:
 
         check_device(device)
         table = read_edge_scores(edges)
+        ref_table = read_edge_scores(reference) if reference is not None else None
         if not len(table):
             raise HeadscopeError(f"{edges} has no edges.")
         prov = table.provenance
@@ -106,7 +109,7 @@ def register(group: typer.Typer) -> None:
                   "task_params": recorded, "method": str(table["method"].iloc[0]),
                   "edges": int(table["circuit"].sum())}
         t1 = time.perf_counter()
-        result = evaluate_circuit(loaded, task_obj, table, sizes=sizes, source=source, **eval_kw)
+        result = evaluate_circuit(loaded, task_obj, table, sizes=sizes, source=source, reference=ref_table, **eval_kw)
         console.print(f"circuit from [bold]{source['task']}[/] ({source['method']}, {source['edges']} edges) evaluated on "
                       f"[bold]{task}[/]{' (cross-task)' if result.provenance['choices']['cross_task'] else ''}, "
                       f"ablation {result.provenance['options']['ablation']}, in {time.perf_counter() - t1:.1f} s")
@@ -128,6 +131,12 @@ def summary_lines(table: Any) -> list[Any]:
         f"faithfulness {pick[('faithfulness', 'circuit')]['value']:.4f} ({pick[('faithfulness', 'circuit')]['edges']} edges); "
         f"nodes: {nodes or 'none'}",
     ]
+    pick_ref = [r for r in rows if r["quantity"] == "faithfulness" and r["subset"] == "reference"]
+    if pick_ref:
+        ov = {r["subset"]: r for r in rows if r["quantity"] == "overlap"}
+        lines.append(f"reference circuit: faithfulness {pick_ref[0]['value']:.4f} ({pick_ref[0]['edges']} edges); overlap "
+                     f"edges {ov['edges']['f_a']:.0f} of {ov['edges']['f_b']:.0f} (Jaccard {ov['edges']['value']:.3f}), "
+                     f"nodes {ov['nodes']['f_a']:.0f} of {ov['nodes']['f_b']:.0f} (Jaccard {ov['nodes']['value']:.3f})")
     curve = [r for r in rows if r["quantity"] == "curve"]
     if curve:
         t = Table(title="faithfulness curve (top-k by |score| vs random k-edge sets)")

@@ -16,7 +16,9 @@ reader, so ``F(X)`` is the clean run with the z of each head outside ``X`` (and 
 MLP outside ``X``) set to its corrupted value; ``tests/conformance/test_circuit_eval.py`` checks it
 against exactly that, written with raw Hugging Face hooks. Wang et al. knock nodes out by **mean
 ablation over the ABC distribution** instead (``ablation=mean`` here is the closest: the per
-position mean of the corrupted prompts' sender outputs).
+position mean of the corrupted prompts' sender outputs). On post-norm families (Gemma-2/3,
+OLMo-2) several heads of one layer knocked out add their per-head output differences (each taken
+with the other heads clean, :mod:`.exact`), which is not the joint z patch there.
 
 **Completeness** (Sec. 4.2): for ``K`` a subset of ``C``, the incompleteness score is
 ``|F(C \\ K) - F(M \\ K)|``; a complete circuit has a small score for every ``K``.

@@ -123,8 +123,8 @@ def _row(quantity: str, value: float, subset: str = "", edges: int = -1, **kw: A
 
 
 def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupted", metric: str = "logit_diff",
-                     curve: bool = True, sizes: list[int] | None = None, n_random: int = 3, samples: int = 5,
-                     greedy: int = 3, seed: int = 0, source: dict[str, Any] | None = None,
+                     curve: bool = True, sizes: list[int] | None = None, n_random: int = 3, samples: int = 3,
+                     greedy: int = 1, seed: int = 0, source: dict[str, Any] | None = None,
                      reference: Any | None = None) -> CircuitEvaluation:
     """Faithfulness, curve, completeness and minimality of the circuit in ``table`` (module docstring).
 

@@ -114,7 +114,7 @@ def minimality_score(f: NodeKnockout, circuit: list[str], v: str, k: Iterable[st
     return abs(without - base), without, base
 
 
-def completeness_rows(f: NodeKnockout, circuit: list[str], samples: int = 5, greedy: int = 3,
+def completeness_rows(f: NodeKnockout, circuit: list[str], samples: int = 3, greedy: int = 1,
                       seed: int = 0) -> list[dict[str, Any]]:
     """Incompleteness for ``K = {}``, random ``K`` and greedy ``K`` (module docstring).
 
@@ -142,7 +142,7 @@ def completeness_rows(f: NodeKnockout, circuit: list[str], samples: int = 5, gre
     return rows
 
 
-def minimality_rows(f: NodeKnockout, circuit: list[str], samples: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+def minimality_rows(f: NodeKnockout, circuit: list[str], samples: int = 3, seed: int = 0) -> list[dict[str, Any]]:
     """Minimality of every node for ``K = {}`` and ``samples`` random ``K`` (module docstring).
 
     Returns:

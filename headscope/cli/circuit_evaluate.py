@@ -21,7 +21,7 @@ import typer
 
 
 def evaluation_options(model: Any, task: Any, ablation: str = "corrupted", metric: str = "logit_diff",
-                       curve: bool = True, sizes: str = "", n_random: int = 3, samples: int = 5, greedy: int = 3,
+                       curve: bool = True, sizes: str = "", n_random: int = 3, samples: int = 3, greedy: int = 1,
                        seed: int = 0) -> None:
     """The ``-o`` options of ``headscope circuit evaluate`` (typed by these annotations).
 

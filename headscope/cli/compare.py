@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
                 from headscope.errors import HeadscopeError
 
                 edge, head = (run_a, run_b) if kinds[0] else (run_b, run_a)
+                if not head.expanduser().is_file():
+                    raise HeadscopeError(f"no such results file: {head}. Check the path.")
                 raise HeadscopeError(f"{edge} holds edge scores but {head} does not: compare two EdgeScores tables "
                                      "(headscope circuit) or two head results.")
             if out is not None or metric_a is not None or metric_b is not None:

@@ -1,6 +1,7 @@
 """``headscope circuit``: edge scores of a model on a contrastive task, saved as EdgeScores Parquet.
 
     headscope circuit --model toy-induction --task induction_contrast --method eap_ig -o steps=5
+    headscope circuit evaluate edges.parquet --task induction_contrast -o ablation=mean
 
 ``-o KEY=VALUE`` goes to the task if it has that parameter, otherwise to the method (typed by
 its annotations). Mistakes get one line and exit 2, like every other command.
@@ -8,6 +9,10 @@ its annotations). Mistakes get one line and exit 2, like every other command.
 Splitting (``exact`` only; docs/scaling.md): ``--shard I/N`` writes one part file
 (``<out>.shard-000I-of-000N.parquet``, merged by ``headscope merge``); under torchrun (``RANK`` /
 ``WORLD_SIZE`` set) every rank runs one shard and rank 0 writes the merged file.
+
+``circuit`` is a command group whose callback runs the method when no subcommand is given, so
+``headscope circuit --model ... --method ...`` works as before; ``evaluate``
+(:mod:`headscope.cli.circuit_evaluate`) is its subcommand.
 """
 
 from __future__ import annotations
@@ -19,10 +24,17 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``circuit`` command to the CLI app."""
+    """Add the ``circuit`` command group (the method run, and ``evaluate``) to the CLI app."""
+    from headscope.cli.circuit_evaluate import register as register_evaluate
 
-    @app.command()
+    group = typer.Typer(invoke_without_command=True, no_args_is_help=False, add_completion=False,
+                        pretty_exceptions_enable=False)
+    register_evaluate(group)
+    app.add_typer(group, name="circuit")
+
+    @group.callback()
     def circuit(
+        ctx: typer.Context,
         model: str = typer.Option("smollm2-135m", "--model", "-m", help="alias, toy-*, .gguf, directory or hub id"),
         task: str = typer.Option("ioi", "--task", "-t", help="a contrastive task (see `headscope tasks`)"),
         method: str = typer.Option("eap_ig", "--method", help="eap, eap_ig, exact, verified, routes, composition"),
@@ -36,11 +48,14 @@ def register(app: typer.Typer) -> None:
         shard: str | None = typer.Option(None, "--shard", help="I/N: run shard I (0-based) of N and write its part file "
                                          "(method exact; merge with `headscope merge`)"),
     ) -> None:
-        """Score every edge of MODEL on TASK with a circuit METHOD and save tidy EdgeScores.
+        """Score every edge of MODEL on TASK with a circuit METHOD and save tidy EdgeScores
+        (`headscope circuit evaluate --help`: evaluate a saved circuit).
 
         Under torchrun (RANK/WORLD_SIZE set) the exact method splits its receiver blocks over the
         ranks and rank 0 writes the merged file; --shard I/N runs one part without a launcher.
         """
+        if ctx.invoked_subcommand is not None:
+            return
         from headscope.circuits.methods import get_circuit_method, run_circuit_method
         from headscope.cli.app import _check_output, _slug
         from headscope.cli.display import console

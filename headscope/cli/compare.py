@@ -1,4 +1,6 @@
-"""``headscope compare RUN1 RUN2 [--out diff.html]``: diff two results head by head."""
+"""``headscope compare RUN1 RUN2 [--out diff.html]``: diff two results head by head, or, for two
+EdgeScores tables (``headscope circuit``), their circuits' edge and node overlap and the rank
+agreement of their edge scores (:mod:`headscope.circuits.overlap`)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,22 @@ def register(app: typer.Typer) -> None:
             out = _check_output(out, ".html", "--out")
         if csv is not None:
             csv = _check_output(csv, ".csv", "--csv")
+        kinds = [is_edge_table(run_a), is_edge_table(run_b)]
+        if any(kinds):
+            if not all(kinds):
+                from headscope.errors import HeadscopeError
+
+                edge, head = (run_a, run_b) if kinds[0] else (run_b, run_a)
+                if not head.expanduser().is_file():
+                    raise HeadscopeError(f"no such results file: {head}. Check the path.")
+                raise HeadscopeError(f"{edge} holds edge scores but {head} does not: compare two EdgeScores tables "
+                                     "(headscope circuit) or two head results.")
+            if out is not None or metric_a is not None or metric_b is not None:
+                from headscope.errors import HeadscopeError
+
+                raise HeadscopeError("--out, --metric-a and --metric-b are for head results; for edge tables use --csv.")
+            compare_edges(run_a, run_b, top, csv)
+            return
         a, b = read_parquet(run_a), read_parquet(run_b)
         cmp = compare_results(a, b, metric_a=metric_a, metric_b=metric_b, k=top)
         console.print(f"A = {run_a} ({cmp.name_a})\nB = {run_b} ({cmp.name_b})")
@@ -71,3 +89,50 @@ def register(app: typer.Typer) -> None:
             from headscope.report.compare import write_comparison_html
 
             console.print(f"wrote {write_comparison_html(cmp, out)}")
+
+
+def is_edge_table(path: Path) -> bool:
+    """Whether ``path`` is a readable Parquet file with EdgeScores' edge columns (else False,
+    and the head-result reader gives the one-line error)."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(Path(path).expanduser()).names)
+    except Exception:  # noqa: BLE001 - missing or unreadable: read_parquet explains
+        return False
+    return {"sender", "receiver", "receiver_input", "circuit"} <= names
+
+
+def compare_edges(run_a: Path, run_b: Path, top: int, csv: Path | None) -> None:
+    """Print the circuit overlap (edges, nodes) and the score agreement of two EdgeScores files."""
+    import pandas as pd
+    from rich.table import Table
+
+    from headscope.circuits.overlap import KEY, circuit_overlap, describe
+    from headscope.cli.display import console
+    from headscope.results.edge_scores import read_edge_scores
+
+    a, b = read_edge_scores(run_a), read_edge_scores(run_b)
+    cmp = circuit_overlap(a, b)
+    console.print(f"A = {run_a} ({describe(a)})\nB = {run_b} ({describe(b)})")
+    table = Table(title="circuit overlap")
+    for col in ("", "A", "B", "both", "union", "Jaccard"):
+        table.add_column(col, justify="left" if not col else "right")
+    for name in ("edges", "nodes"):
+        s = cmp[name]
+        table.add_row(name, str(s["a"]), str(s["b"]), str(s["both"]), str(s["union"]), f"{s['jaccard']:.3f}")
+    console.print(table)
+    console.print(f"spearman of the edge scores over the {cmp['shared_edges']} edges both tables have: {cmp['spearman']:.3f}")
+    console.print(f"nodes in both: {', '.join(cmp['nodes_both']) or 'none'}")
+    for side in ("a", "b"):
+        only = cmp[f"edges_only_{side}"]
+        more = f" (+{len(only) - top} more)" if len(only) > top else ""
+        console.print(f"circuit edges only in {side.upper()}: {', '.join(only[:top]) or 'none'}{more}")
+    if csv is not None:
+        from headscope.results.atomic import atomic_write
+
+        merged = pd.DataFrame(a)[[*KEY, "score", "circuit"]].merge(
+            pd.DataFrame(b)[[*KEY, "score", "circuit"]], on=KEY, how="outer", suffixes=("_a", "_b"))
+        with atomic_write(csv) as tmp:
+            merged.to_csv(tmp, index=False)
+        console.print(f"wrote {csv}")

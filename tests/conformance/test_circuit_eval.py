@@ -1,0 +1,212 @@
+"""Circuit evaluation (``headscope.circuits.evaluate`` / ``.nodes``) against raw Hugging Face runs.
+
+Knocking a node out (every edge leaving it patched to the corrupted run) is, by definition, the
+clean run with that node's output replaced by its corrupted output for every reader: here the raw
+reference sets each removed head's input to the output projection (z) to its corrupted value and
+each removed MLP's output to its corrupted output, with module hooks only. Completeness and
+minimality are then the hand formulas of Wang et al. 2022 applied to those raw values.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import headscope as hs
+from headscope.circuits.evaluate import evaluate_circuit, mean_runs
+from headscope.circuits.exact import prepare
+from headscope.circuits.graph import EdgeGraph
+from headscope.circuits.nodes import NodeKnockout, all_nodes, completeness_rows, minimality_rows
+from headscope.errors import HeadscopeError
+from headscope.patching import PatchEngine
+from headscope.results.edge_scores import EdgeScores
+
+from .conftest import assert_close
+from .raw_edges import _replace_input, sender_deltas
+from .raw_hf import RawHF, logit_diff
+
+
+class _FixedTask:
+    """A contrastive task serving a fixed batch."""
+
+    name = "fixed"
+
+    def __init__(self, batch) -> None:  # noqa: ANN001
+        self._batch = batch
+
+    def batch(self, model):  # noqa: ANN001, ANN201
+        return self._batch
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+def raw_knockout(raw: RawHF, batch, removed: set[str], mean: bool = False) -> float:  # noqa: ANN001
+    """Raw prompt-mean logit difference of the clean run with the heads/MLPs in ``removed`` set to
+    their corrupted (or, ``mean``, per-position prompt-mean corrupted) z / MLP output."""
+    x = raw.run(batch.corrupted)
+
+    def avg(t: torch.Tensor) -> torch.Tensor:
+        return t.mean(0, keepdim=True).expand_as(t) if mean else t
+
+    z_edit = {}
+    for layer in range(raw.n_layers):
+        heads = [h for h in range(raw.n_heads) if f"a{layer}.h{h}" in removed]
+        if heads:
+            def swap(z: torch.Tensor, heads: list[int] = heads, layer: int = layer) -> torch.Tensor:
+                z[:, :, heads] = avg(x.z[layer])[:, :, heads]
+                return z
+
+            z_edit[layer] = swap
+    handles = [raw.mlp(layer).register_forward_hook(lambda m, i, o, layer=layer: avg(x.mlp_add[layer]).clone())
+               for layer in range(raw.n_layers) if f"m{layer}" in removed]
+    try:
+        logits = raw.run(batch.clean, z_edit=z_edit).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return float(logit_diff(logits, batch.end, batch.answer, batch.wrong).mean())
+
+
+def table_of(graph: EdgeGraph, keep: torch.Tensor) -> EdgeScores:
+    return EdgeScores.from_edges(graph.edges, keep.float().tolist(), keep.tolist(), model="m", task="fixed", method="hand")
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "llama"])
+def test_node_knockout_completeness_minimality_match_raw(fam, zoo_cache, prompts):
+    """F(X) for node sets X equals the raw knock-out; the incompleteness and minimality rows equal
+    |F(C\\K) - F(M\\K)| and |F(C\\(K u {v})) - F(C\\K)| of the raw F values for the K they record;
+    the first greedy K is the single node with the largest raw incompleteness."""
+    pair = zoo_cache[fam]
+    batch, raw = prompts.batch, pair.raw
+    engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
+    graph = EdgeGraph.of(pair.hs)
+    runs = prepare(engine, batch.clean, batch.corrupted, graph)
+    f = NodeKnockout(engine, runs, graph)
+    nodes = all_nodes(graph)
+    gen = torch.Generator().manual_seed(3)
+    circuit = [n for n in nodes if n.startswith("a")][:3] + ["m0"]
+    subsets = [nodes, [], circuit, *([n for n, p in zip(nodes, torch.rand(len(nodes), generator=gen) < 0.5, strict=True) if p]
+                                     for _ in range(3))]
+    raw_f: dict[frozenset[str], float] = {}
+
+    def F(kept) -> float:  # noqa: ANN001, N802
+        key = frozenset(kept)
+        if key not in raw_f:
+            raw_f[key] = raw_knockout(raw, batch, set(nodes) - set(kept))
+        return raw_f[key]
+
+    for kept in subsets:
+        assert_close(torch.tensor(f(kept)), torch.tensor(F(kept)), f"F({sorted(kept)})")
+    assert abs(F(nodes) - F([])) > 0.1, "the knock-outs should move the metric"
+    comp = completeness_rows(f, circuit, samples=3, greedy=2, seed=0)
+    mini = minimality_rows(f, circuit, samples=2, seed=0)
+    assert [r["subset"] for r in comp] == ["empty", "random0", "random1", "random2", "greedy1", "greedy2"]
+    for r in comp:
+        k = set(filter(None, r["K"].split(",")))
+        want = abs(F([n for n in circuit if n not in k]) - F([n for n in nodes if n not in k]))
+        assert r["value"] == pytest.approx(want, abs=2e-4), (r, want)
+    by_hand = max(circuit, key=lambda v: abs(F([n for n in circuit if n != v]) - F([n for n in nodes if n != v])))
+    assert comp[4]["K"] == by_hand
+    assert len(mini) == 3 * len(circuit)
+    for r in mini:
+        k = set(filter(None, r["K"].split(",")))
+        assert r["node"] not in k
+        want = abs(F([n for n in circuit if n not in k and n != r["node"]]) - F([n for n in circuit if n not in k]))
+        assert r["value"] == pytest.approx(want, abs=2e-4), (r, want)
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "llama"])
+def test_mean_knockout_matches_raw(fam, zoo_cache, prompts):
+    """ablation=mean on the zoo, heads and MLPs: every row read at END = 9 (all three prompts are
+    real tokens up to there, so positions line up), knocked-out nodes carry the per-position mean
+    over the corrupted prompts of their z / MLP output (raw hooks)."""
+    from headscope.tasks.contrastive import ContrastiveBatch
+
+    pair = zoo_cache[fam]
+    b = prompts.batch
+    batch = ContrastiveBatch(b.clean, b.corrupted, b.answer, b.wrong, {"END": torch.full_like(b.end, 9)})
+    engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
+    graph = EdgeGraph.of(pair.hs)
+    f = NodeKnockout(engine, mean_runs(prepare(engine, batch.clean, batch.corrupted, graph)), graph)
+    for removed in ({"a0.h0"}, {"m0", "a1.h2"}, {"a0.h1", "m1", "a1.h0"}):
+        want = raw_knockout(pair.raw, batch, removed, mean=True)
+        assert abs(want - raw_knockout(pair.raw, batch, removed)) > 1e-3, f"mean and corrupted knock-outs of {removed} should differ"
+        assert f([n for n in all_nodes(graph) if n not in removed]) == pytest.approx(want, abs=1e-4), removed
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "llama"])
+def test_circuit_faithfulness_matches_raw(fam, zoo_cache, prompts):
+    """Faithfulness of two edge circuits by hand from raw runs: (1) every edge except those leaving
+    a0.h1 (= a0.h1's z set to its corrupted value); (2) every edge except the heads' edges into the
+    logits (the final norm reads the clean final residual plus each head's raw output change when its
+    z alone is corrupted, ``raw_edges.sender_deltas``). Mean ablation is refused on these prompts,
+    whose END positions differ."""
+    pair = zoo_cache[fam]
+    batch, raw = prompts.batch, pair.raw
+    graph = EdgeGraph.of(pair.hs)
+    task = _FixedTask(batch)
+    metric = lambda logits: float(logit_diff(logits, batch.end, batch.answer, batch.wrong).mean())  # noqa: E731
+    clean, corrupted = metric(raw.run(batch.clean).logits), metric(raw.run(batch.corrupted).logits)
+    deltas = sender_deltas(raw, batch.clean, batch.corrupted)
+    heads = [e.sender.name for e in graph.edges if e.receiver.name == "logits" and e.sender.kind == "head"]
+    shift = torch.stack([deltas[h] for h in heads]).sum(0)
+    handle = raw.final_norm.register_forward_pre_hook(_replace_input(lambda t: t + shift), with_kwargs=True)
+    try:
+        into_logits = metric(raw.run(batch.clean).logits)
+    finally:
+        handle.remove()
+    cases = [
+        (torch.tensor([e.sender.name != "a0.h1" for e in graph.edges]), raw_knockout(raw, batch, {"a0.h1"})),
+        (torch.tensor([not (e.receiver.name == "logits" and e.sender.kind == "head") for e in graph.edges]), into_logits),
+    ]
+    for keep, m in cases:
+        got = evaluate_circuit(pair.hs, task, table_of(graph, keep), curve=False, samples=0, greedy=0)
+        want = (m - corrupted) / (clean - corrupted)
+        assert abs(want) > 0.05 and abs(want - 1) > 0.05, f"the case should be neither clean nor corrupted: {want}"
+        assert got.value("faithfulness", "circuit") == pytest.approx(want, abs=1e-4)
+        assert got.value("metric", "circuit") == pytest.approx(m, abs=1e-4)
+    with pytest.raises(HeadscopeError, match="END positions differ"):
+        evaluate_circuit(pair.hs, task, table_of(graph, cases[0][0]), ablation="mean", curve=False)
+
+
+@pytest.fixture(scope="module")
+def toy_raw(tmp_path_factory):  # noqa: ANN201
+    """toy-induction as a raw HF model and as headscope's, with an induction_contrast batch."""
+    from headscope.tasks.induction_contrast import InductionContrastTask
+    from headscope.toy.induction import build_induction
+
+    directory = tmp_path_factory.mktemp("toy-induction")
+    model, tokenizer = build_induction()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    hs_model = hs.load_model("toy-induction")
+    task = InductionContrastTask(n_prompts=4, seq_len=6, seed=0)
+    return RawHF(directory), hs_model, task, task.batch(hs_model)
+
+
+def test_mean_ablation_matches_raw(toy_raw):
+    """ablation=mean: a removed edge carries the per-position mean over the corrupted prompts of the
+    sender's output. Raw: node knock-outs with the prompt-mean corrupted z; every edge into the
+    logits removed = the final norm reading the prompt-mean corrupted final residual."""
+    raw, model, task, batch = toy_raw
+    engine = PatchEngine(model, batch.end, batch.logit_diff)
+    graph = EdgeGraph.of(model)
+    f = NodeKnockout(engine, mean_runs(prepare(engine, batch.clean, batch.corrupted, graph)), graph)
+    for removed in ({"a0.h0"}, {"a0.h0", "a1.h1"}, {"a0.h1", "a1.h1"}):
+        want = raw_knockout(raw, batch, removed, mean=True)
+        got = f([n for n in all_nodes(graph) if n not in removed])
+        assert got == pytest.approx(want, abs=1e-4), removed
+        assert abs(want - raw_knockout(raw, batch, removed)) > 1e-3, f"mean and corrupted knock-outs of {removed} should differ"
+    metric = lambda logits: float(logit_diff(logits, batch.end, batch.answer, batch.wrong).mean())  # noqa: E731
+    x_final = raw.run(batch.corrupted).resid_final.mean(0, keepdim=True)
+    handle = raw.final_norm.register_forward_pre_hook(_replace_input(lambda t: x_final.expand_as(t)), with_kwargs=True)
+    try:
+        m = metric(raw.run(batch.clean).logits)
+    finally:
+        handle.remove()
+    clean, corrupted = metric(raw.run(batch.clean).logits), metric(raw.run(batch.corrupted).logits)
+    keep = torch.tensor([e.receiver.name != "logits" for e in graph.edges])
+    got = evaluate_circuit(model, task, table_of(graph, keep), ablation="mean", curve=False, samples=0, greedy=0)
+    assert got.value("metric", "circuit") == pytest.approx(m, abs=1e-4)
+    assert got.value("faithfulness", "circuit") == pytest.approx((m - corrupted) / (clean - corrupted), abs=1e-5)

@@ -189,6 +189,7 @@ BAD = [
     (lambda p: ["circuit", "evaluate", str(p / "planted.parquet"), "--model", "zoo-llama"], "not in the graph"),
     (lambda p: ["compare", str(p / "planted.parquet"), str(_head_scores(p))], "holds edge scores but"),
     (lambda p: ["compare", str(p / "planted.parquet"), str(p / "missing.parquet")], "no such results file"),
+    (lambda p: ["circuit", "--model", "zoo-llama", "evaluate", str(p / "planted.parquet")], "--model before 'evaluate'"),
 ]
 
 

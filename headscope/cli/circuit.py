@@ -55,6 +55,13 @@ def register(app: typer.Typer) -> None:
         ranks and rank 0 writes the merged file; --shard I/N runs one part without a launcher.
         """
         if ctx.invoked_subcommand is not None:
+            from headscope.errors import HeadscopeError
+
+            given = [f"--{name.replace('_', '-')}" for name in ctx.params
+                     if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")]
+            if given:
+                raise HeadscopeError(f"{', '.join(given)} before '{ctx.invoked_subcommand}' belong to the method run: "
+                                     f"put them after it (headscope circuit {ctx.invoked_subcommand} FILE {given[0]} ...).")
             return
         from headscope.circuits.methods import get_circuit_method, run_circuit_method
         from headscope.cli.app import _check_output, _slug

@@ -44,6 +44,13 @@ from headscope.patching.engine import PatchEngine, hook_alias
 
 INTERPOLATIONS = ("input", "activations")
 GRIDS = ("clean_end", "corrupted_end")
+POSITIONS = ("sum", "each")
+
+
+def check_positions(positions: str) -> None:
+    """One-line error unless ``positions`` is ``sum`` or ``each``."""
+    if positions not in POSITIONS:
+        raise HeadscopeError(f"positions must be one of {', '.join(POSITIONS)} (each: one row per edge and token position); got '{positions}'.")
 
 
 def kl_metric(clean_end_logits: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -171,14 +178,23 @@ def edge_attribution(
     interpolation: str = "input",
     metric: str = "logit_diff",
     grid: str = "clean_end",
+    positions: str = "sum",
 ) -> torch.Tensor:
     """EAP (``steps=1``) or EAP-IG scores of every edge of ``graph``.
 
     ``grid``: ``clean_end`` (k = 1..steps) or ``corrupted_end`` (k = 0..steps-1, the reference's
     input-interpolation grid).
 
+    ``positions``: ``sum`` (the edge's score summed over positions) or ``each`` (one score per
+    token position ``p`` of the right-padded prompts: the estimate of patching the sender's
+    delta into the receiver input at position ``p`` only, ``sum_{prompt, d} delta_s[., p, .] *
+    grad_r[., p, .]``; the ``each`` scores sum over ``p`` to the ``sum`` score). Position ``p``
+    is the p-th token of every prompt; padding sits after a prompt's END, where a causal model's
+    metric cannot read it, so its gradient (and score) there is exactly 0.
+
     Returns:
-        (len(graph.edges),) estimated ``M(edge patched) - M(clean)`` of the prompt-mean metric.
+        (len(graph.edges),) or, for ``positions="each"``, (len(graph.edges), pos): estimated
+        ``M(edge patched) - M(clean)`` of the prompt-mean metric.
     """
     if steps < 1:
         raise HeadscopeError(f"steps must be at least 1 (EAP-IG uses 5 by default); got {steps}.")
@@ -186,6 +202,7 @@ def edge_attribution(
         raise HeadscopeError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got '{interpolation}'.")
     if grid not in GRIDS:
         raise HeadscopeError(f"grid must be one of {', '.join(GRIDS)}; got '{grid}'.")
+    check_positions(positions)
     fn = metric_fn(engine, runs, metric)
     total: dict[str, torch.Tensor] = {}
     for k in (range(1, steps + 1) if grid == "clean_end" else range(steps)):
@@ -193,13 +210,34 @@ def edge_attribution(
         for key, g in receiver_grads(engine, runs, graph, t, interpolation, fn).items():
             total[key] = total[key] + g if key in total else g.clone()
     s_index = {s.name: i for i, s in enumerate(graph.senders)}
-    r_index = {r.key: i for i, r in enumerate(graph.receivers)}
-    deltas = torch.stack([runs.deltas[s.name] for s in graph.senders]).flatten(1).float()  # (S, n*pos*d)
-    grads = torch.stack([total[r.key] / steps for r in graph.receivers]).flatten(1).float()  # (R, n*pos*d)
-    table = deltas @ grads.T  # (S, R)
     rows = torch.tensor([s_index[e.sender.name] for e in graph.edges])
-    cols = torch.tensor([r_index[e.receiver.key] for e in graph.edges])
-    return table[rows, cols].cpu()
+    if positions == "sum":
+        r_index = {r.key: i for i, r in enumerate(graph.receivers)}
+        deltas = torch.stack([runs.deltas[s.name] for s in graph.senders]).flatten(1).float()  # (S, n*pos*d)
+        grads = torch.stack([total[r.key] / steps for r in graph.receivers]).flatten(1).float()  # (R, n*pos*d)
+        table = deltas @ grads.T  # (S, R)
+        cols = torch.tensor([r_index[e.receiver.key] for e in graph.edges])
+        return table[rows, cols].cpu()
+    return _per_position(runs, graph, total, steps, rows)
+
+
+def _per_position(runs: EdgeRuns, graph: EdgeGraph, total: dict[str, torch.Tensor], steps: int,
+                  rows: torch.Tensor) -> torch.Tensor:
+    """(E, pos) scores, one receiver at a time: ``sum_{prompt, d} delta_s[., p, .] * grad_r[., p, .]``.
+
+    Accumulated per receiver (its (S, pos) block is written into the output and dropped), so the
+    largest temporary is one receiver's (S, pos) table, never (edges, n, pos, d).
+    """
+    deltas = torch.stack([runs.deltas[s.name] for s in graph.senders]).float()  # (S, n, pos, d)
+    out = torch.empty(len(graph.edges), deltas.shape[2])
+    by_receiver: dict[str, list[int]] = {}
+    for i, e in enumerate(graph.edges):
+        by_receiver.setdefault(e.receiver.key, []).append(i)
+    for key, idx in by_receiver.items():
+        g = (total[key] / steps).float().to(deltas.device)  # (n, pos, d)
+        block = torch.einsum("snpd,npd->sp", deltas, g)  # (S, pos)
+        out[idx] = block[rows[idx]].cpu()
+    return out
 
 
 def metric_fn(engine: PatchEngine, runs: EdgeRuns, metric: str) -> Callable[[torch.Tensor], torch.Tensor]:

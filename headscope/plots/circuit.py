@@ -6,7 +6,8 @@ the logits) and top to bottom by unit. An edge is a line from its sender to the 
 q, k, v or MLP/logits input (three input ports per head, slightly offset), its width
 proportional to ``|score|`` and its colour the sign (blue: patching the edge lowers the
 metric, i.e. the edge carries the clean behaviour; red: raises it). Hovering an edge or node
-shows its name and score.
+shows its name and score. Per-position tables (column ``position``) are drawn one line per
+edge, the scores of its shown positions summed, the positions listed on hover.
 """
 
 from __future__ import annotations
@@ -32,11 +33,26 @@ def _position(name: str, n_layers: int) -> tuple[float, float]:
     raise ValueError(f"not a component name: {name}")
 
 
+def by_edge(rows: Any) -> Any:
+    """One row per edge with an ``at`` label: per-position rows (column ``position``) are summed
+    over the positions shown, ``at`` naming them (``" at positions 3, 7"``); otherwise ``at`` is empty."""
+    import pandas as pd
+
+    if "position" not in rows.columns:
+        return pd.DataFrame(rows).assign(at="")
+    keys = ["sender", "receiver", "receiver_input"]
+    grouped = pd.DataFrame(rows).groupby(keys, sort=False)
+    out = grouped["score"].sum().reset_index()
+    out["at"] = [" at positions " + ", ".join(str(int(p)) for p in sorted(g)) for _, g in grouped["position"]]
+    return out
+
+
 def edge_circuit_graph(scores: Any, only_circuit: bool = True, title: str | None = None) -> Any:
     """A plotly figure of the circuit (or of every edge with ``only_circuit=False``)."""
     import plotly.graph_objects as go
 
     rows = scores[scores["circuit"]] if only_circuit else scores
+    rows = by_edge(rows)
     n_layers = int(max(scores["receiver_layer"].max(), scores["sender_layer"].max() + 1))
     fig = go.Figure()
     biggest = float(rows["score"].abs().max()) if len(rows) else 1.0
@@ -49,7 +65,7 @@ def edge_circuit_graph(scores: Any, only_circuit: bool = True, title: str | None
         nodes[row.receiver] = _position(row.receiver, n_layers)
         width = 0.5 + 6.0 * abs(row.score) / (biggest or 1.0)
         colour = "#1f5fbf" if row.score < 0 else "#c0392b"
-        label = f"{row.sender} -> {row.receiver}<{row.receiver_input}>: {row.score:.4g}"
+        label = f"{row.sender} -> {row.receiver}<{row.receiver_input}>: {row.score:.4g}{row.at}"
         fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", line={"width": width, "color": colour},
                                  hoverinfo="text", text=[label, label], showlegend=False))
     if nodes:

@@ -183,3 +183,34 @@ def test_per_position_key_edge_sits_after_the_earlier_occurrence(tmp_path):
         run_circuit_method("exact", model, task, positions="each")
     with pytest.raises(HeadscopeError, match="positions must be one of"):
         run_circuit_method("eap", model, task, positions="every")
+
+
+def test_token_routes_follow_the_induction_head_to_the_token_after_the_earlier_occurrence(tmp_path):
+    """toy-induction, ``routes level=token``: the prediction at END (position 11 of ``[BOS] R
+    R[:5]``) is written by the induction head 1.0 from the position after the earlier occurrence
+    of the last token (PREV + 1 = 6: its key matches there, its value carries the answer). So on
+    every prompt the route's only kept head edge into END's layer-1 state is x1[6] -> x1.mid[11]
+    via a1.h0; the MLPs are zero (no MLP edge at all), and from position 6 the route continues to
+    the embedding there. The table round-trips, the CLI table and the plot read it."""
+    from headscope.circuits.methods import run_circuit_method
+    from headscope.cli.circuit import edge_table
+    from headscope.plots.circuit import edge_circuit_graph
+    from headscope.results.edge_scores import read_edge_scores
+
+    model = hs.load_model("toy-induction")
+    task = InductionContrastTask(n_prompts=4, seq_len=6, seed=0)
+    batch = task.batch(model)
+    assert (batch.end == 11).all() and (batch.positions["PREV"] + 1 == 6).all()
+    edges = run_circuit_method("routes", model, task, level="token")
+    kept = edges[edges["circuit"]]
+    for p in range(4):
+        mine = kept[kept["prompt"] == p]
+        into_end = mine[(mine["receiver"] == "x1.mid") & (mine["position"] == 11) & mine["via"].str.startswith("a")]
+        assert list(zip(into_end["via"], into_end["source_position"], strict=True)) == [("a1.h0", 6)]
+        assert ((mine["receiver"] == "x0.mid") & (mine["position"] == 6) & (mine["via"] == "resid")).any()
+    assert not edges["via"].str.startswith("m").any()
+    back = read_edge_scores(edges.to_parquet(tmp_path / "r.parquet"))
+    assert back.provenance["options"]["level"] == "token"
+    assert "x1[6] -a1.h0-> x1.mid[11]" in " ".join(str(c) for c in edge_table(back, 50).columns[1]._cells)
+    fig = edge_circuit_graph(back)
+    assert any("via a1.h0" in (t.text[0] if t.text is not None else "") for t in fig.data if t.mode == "lines")

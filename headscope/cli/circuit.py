@@ -76,6 +76,9 @@ def register(app: typer.Typer) -> None:
 
 def edge_label(row) -> str:  # noqa: ANN001 - an EdgeScores row (itertuples)
     """``sender -> receiver<input>``, with ``@p`` for per-position rows (column ``position``)."""
+    via = getattr(row, "via", None)
+    if via is not None:  # token-level routes: nodes at positions, the component in between
+        return f"p{row.prompt}: {row.sender}[{row.source_position}] -{via}-> {row.receiver}[{row.position}]"
     label = f"{row.sender} -> {row.receiver}<{row.receiver_input}>"
     position = getattr(row, "position", None)
     return label if position is None or position != position else f"{label} @{int(position)}"

@@ -7,7 +7,9 @@ q, k, v or MLP/logits input (three input ports per head, slightly offset), its w
 proportional to ``|score|`` and its colour the sign (blue: patching the edge lowers the
 metric, i.e. the edge carries the clean behaviour; red: raises it). Hovering an edge or node
 shows its name and score. Per-position tables (column ``position``) are drawn one line per
-edge, the scores of its shown positions summed, the positions listed on hover.
+edge, the scores of its shown positions summed, the positions listed on hover. Token-level
+routes (column ``via``) are drawn over (residual state, position) by :func:`token_route_graph`:
+red lines through heads, blue through MLPs, grey along the residual.
 """
 
 from __future__ import annotations
@@ -47,11 +49,50 @@ def by_edge(rows: Any) -> Any:
     return out
 
 
+def _node_x(name: str) -> float:
+    """x of a token-route node: ``x{l}`` at 2l, ``x{l}.mid`` at 2l + 1."""
+    m = re.fullmatch(r"x(\d+)(\.mid)?", name)
+    if m is None:
+        raise ValueError(f"not a token-route node: {name}")
+    return 2.0 * int(m.group(1)) + (1.0 if m.group(2) else 0.0)
+
+
+def token_route_graph(rows: Any, title: str | None = None) -> Any:
+    """Token-level routes (``routes level=token``): nodes are residual states at (layer,
+    position), x by residual order, y by position; one line per edge (mean importance over the
+    prompts that have it, named on hover with its component ``via``)."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    keys = ["sender", "source_position", "receiver", "position", "via"]
+    grouped = pd.DataFrame(rows).groupby(keys, sort=False)["score"].agg(["mean", "count"]).reset_index()
+    fig = go.Figure()
+    nodes: set[tuple[float, int, str]] = set()
+    for row in grouped.itertuples():
+        x0, x1 = _node_x(row.sender), _node_x(row.receiver)
+        y0, y1 = int(row.source_position), int(row.position)
+        nodes |= {(x0, y0, row.sender), (x1, y1, row.receiver)}
+        label = f"{row.sender}[{y0}] -> {row.receiver}[{y1}] via {row.via}: {row.mean:.3f} ({row.count} prompts)"
+        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="text", text=[label, label],
+                                 line={"width": 0.5 + 5.0 * float(row.mean), "color": "#c0392b" if row.via.startswith("a")
+                                       else "#1f5fbf" if row.via.startswith("m") else "#888"}, showlegend=False))
+    if nodes:
+        pts = sorted(nodes)
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", hoverinfo="text",
+                                 text=[f"{p[2]}[{p[1]}]" for p in pts], marker={"size": 8, "color": "#444"}, showlegend=False))
+    fig.update_layout(title=title or f"information flow routes: {len(grouped)} edges",
+                      xaxis={"title": "residual state (x0, x0.mid, x1, ...)"}, yaxis={"title": "token position"},
+                      template="plotly_white")
+    return fig
+
+
 def edge_circuit_graph(scores: Any, only_circuit: bool = True, title: str | None = None) -> Any:
     """A plotly figure of the circuit (or of every edge with ``only_circuit=False``)."""
     import plotly.graph_objects as go
 
     rows = scores[scores["circuit"]] if only_circuit else scores
+    if "via" in scores.columns:
+        return token_route_graph(rows, title)
     rows = by_edge(rows)
     n_layers = int(max(scores["receiver_layer"].max(), scores["sender_layer"].max() + 1))
     fig = go.Figure()

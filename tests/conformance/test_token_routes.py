@@ -79,6 +79,8 @@ def _hand_routes(raw, tokens: torch.Tensor, end: torch.Tensor, parallel: bool) -
                     mids.add(i)
             for i in mids:
                 heads = _head_terms(a, vo, i)
+                if raw.post_norms:  # Gemma: the post-attention norm, its scale frozen at the sublayer's
+                    heads = raw.frozen_norm(raw.post_attn_norm(layer), heads, run.attn_pre_norm[layer][row, i])
                 imp = _importance(torch.cat([x_in[i][None], heads, (attn[i] - heads.sum(0))[None]]), x_in[i] + attn[i])
                 out[(row, f"x{layer}", i, f"x{layer}.mid", i, "resid")] = float(imp[0])
                 if imp[0] > TAU:
@@ -88,11 +90,11 @@ def _hand_routes(raw, tokens: torch.Tensor, end: torch.Tensor, parallel: bool) -
     return {k: v for k, v in out.items() if v > 0}
 
 
-@pytest.mark.parametrize("fam", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("fam", ["llama", "gpt2", "gpt_neox", "gemma2"])
 def test_token_routes_match_a_raw_hand_computation(fam, zoo_cache, prompts):
     """llama (GQA: query heads of a group share values but have their own patterns), gpt2
     (LayerNorm, attention output bias as a term without an edge), gpt_neox (parallel residual:
-    one sum per block). Every term into a route node has the hand importance (a row missing on
+    one sum per block), gemma2 (GQA, post-attention norm with its scale frozen at the sublayer's). Every term into a route node has the hand importance (a row missing on
     one side, round-off around 0, counts as 0), and the two routes (importance > tau) are the
     same edges."""
     pair = zoo_cache[fam]

@@ -145,7 +145,8 @@ def _post_scale(model: Any, run: dict[str, torch.Tensor], layer: int) -> torch.T
 LEVELS = ("component", "token")
 
 
-@register_circuit_method("routes", "information flow routes: proximity importance traced from the prediction (no corrupted run)")
+@register_circuit_method("routes", "information flow routes: proximity importance traced from the prediction (no corrupted run)",
+                         presets={"paper": {"level": "token", "threshold": 0.04}})
 def routes(model: Any, task: Any, threshold: float = 0.04, level: str = "component") -> Any:
     """Information flow routes (Ferrando & Voita 2024) on the task's clean prompts.
 

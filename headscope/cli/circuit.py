@@ -61,7 +61,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
         t1 = time.perf_counter()
         scores = run_circuit_method(method, loaded, task_obj, **method_kw)
-        console.print(f"[bold]{method}[/] on [bold]{task}[/]: {len(scores)} edges, "
+        unit = "rows" if {"position", "via"} & set(scores.columns) else "edges"  # per-position / token-level tables
+        console.print(f"[bold]{method}[/] on [bold]{task}[/]: {len(scores)} {unit}, "
                       f"{int(scores['circuit'].sum())} in the circuit, in {time.perf_counter() - t1:.1f} s")
         console.print(edge_table(scores, top))
         scores.to_parquet(out)

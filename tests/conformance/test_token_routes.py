@@ -113,3 +113,29 @@ def test_token_routes_match_a_raw_hand_computation(fam, zoo_cache, prompts):
     assert kept == {k for k, v in want.items() if v > TAU}
     assert any(k[5].startswith("a") for k in kept), "the route should use some attention head"
     assert got["position"].max() <= int(batch.end.max())
+
+
+def test_token_routes_follow_a_dominant_mlp(tmp_path, prompts):
+    """Zoo Llama with the last MLP's down projection scaled by 1000: its output outweighs the
+    residual in ``x{l+1} = x{l}.mid + mlp``, so the residual edge falls under tau while the MLP
+    edge is kept, and the route must still reach ``x{l}.mid`` (the MLP reads it). Same hand
+    computation on raw HF."""
+    import headscope as hs
+    from headscope.toy.zoo import build_zoo_hf
+
+    from .raw_hf import RawHF
+
+    model, tokenizer = build_zoo_hf("llama", seed=0)
+    with torch.no_grad():
+        model.model.layers[-1].mlp.down_proj.weight.mul_(1000.0)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    batch = prompts.batch
+    got = token_routes(hs.load_model(str(tmp_path)), batch.clean, batch.end, TAU)
+    want = _hand_routes(RawHF(tmp_path), batch.clean, batch.end, parallel=False)
+    resid = [v for k, v in want.items() if k[5] == "resid" and k[3] == "x3"]
+    assert resid and max(resid) < TAU, "the planted case: the final residual edge under tau"
+    kept = {k for k, c in zip(zip(got["prompt"], got["sender"], got["source_position"], got["receiver"], got["position"],
+                                  got["via"], strict=True), got["circuit"], strict=True) if c}
+    assert kept == {k for k, v in want.items() if v > TAU}
+    assert any(k[3].endswith(".mid") for k in kept)

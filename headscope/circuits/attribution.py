@@ -222,21 +222,31 @@ def edge_attribution(
 
 
 def _per_position(runs: EdgeRuns, graph: EdgeGraph, total: dict[str, torch.Tensor], steps: int,
-                  rows: torch.Tensor) -> torch.Tensor:
-    """(E, pos) scores, one receiver at a time: ``sum_{prompt, d} delta_s[., p, .] * grad_r[., p, .]``.
+                  rows: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """(E, pos) scores: ``sum_{prompt, d} delta_s[., p, .] * grad_r[., p, .]`` for every edge.
 
-    Accumulated per receiver (its (S, pos) block is written into the output and dropped), so the
-    largest temporary is one receiver's (S, pos) table, never (edges, n, pos, d).
+    Accumulated over receivers in chunks of ``chunk``: one batched matmul per chunk, (pos, S,
+    n*d) @ (pos, n*d, chunk) -> (pos, S, chunk), written into the output and dropped. The
+    largest temporaries are one chunk's stacked gradients and its (pos, S, chunk) table, never
+    (edges, n, pos, d).
     """
     deltas = torch.stack([runs.deltas[s.name] for s in graph.senders]).float()  # (S, n, pos, d)
-    out = torch.empty(len(graph.edges), deltas.shape[2])
+    n_senders, n, n_pos, d = deltas.shape
+    by_pos = deltas.permute(2, 0, 1, 3).reshape(n_pos, n_senders, n * d)  # (pos, S, n*d)
+    del deltas
+    out = torch.empty(len(graph.edges), n_pos)
     by_receiver: dict[str, list[int]] = {}
     for i, e in enumerate(graph.edges):
         by_receiver.setdefault(e.receiver.key, []).append(i)
-    for key, idx in by_receiver.items():
-        g = (total[key] / steps).float().to(deltas.device)  # (n, pos, d)
-        block = torch.einsum("snpd,npd->sp", deltas, g)  # (S, pos)
-        out[idx] = block[rows[idx]].cpu()
+    keys = list(by_receiver)
+    for at in range(0, len(keys), chunk):
+        part = keys[at: at + chunk]
+        g = torch.stack([total[k] for k in part]).float().to(by_pos.device) / steps  # (R, n, pos, d)
+        g = g.permute(2, 1, 3, 0).reshape(n_pos, n * d, len(part))  # (pos, n*d, R)
+        table = torch.bmm(by_pos, g).cpu()  # (pos, S, R)
+        for c, key in enumerate(part):
+            idx = by_receiver[key]
+            out[idx] = table[:, rows[idx], c].T
     return out
 
 

@@ -45,6 +45,8 @@ from headscope.patching.engine import PatchEngine, hook_alias
 INTERPOLATIONS = ("input", "activations")
 GRIDS = ("clean_end", "corrupted_end")
 POSITIONS = ("sum", "each")
+RECEIVER_CHUNK = 64
+"""Receivers per batched matmul of ``positions=each`` (bounds its temporaries)."""
 
 
 def check_positions(positions: str) -> None:
@@ -218,7 +220,7 @@ def edge_attribution(
         table = deltas @ grads.T  # (S, R)
         cols = torch.tensor([r_index[e.receiver.key] for e in graph.edges])
         return table[rows, cols].cpu()
-    return _per_position(runs, graph, total, steps, rows)
+    return _per_position(runs, graph, total, steps, rows, RECEIVER_CHUNK)
 
 
 def _per_position(runs: EdgeRuns, graph: EdgeGraph, total: dict[str, torch.Tensor], steps: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from headscope.circuits import attribution
 from headscope.circuits.attribution import edge_attribution
 from headscope.circuits.exact import prepare
 from headscope.circuits.graph import EdgeGraph
@@ -31,7 +32,7 @@ def _pick(graph: EdgeGraph, summed: torch.Tensor) -> list[int]:
 
 
 @pytest.mark.parametrize("fam", ["llama", "gpt2", "gemma2"])
-def test_per_position_eap_is_the_single_position_derivative(fam, zoo_cache, prompts):
+def test_per_position_eap_is_the_single_position_derivative(fam, zoo_cache, prompts, monkeypatch):
     """llama (GQA), gpt2 (LayerNorm, biases), gemma2 (post-norms): for one edge of each receiver
     kind, at every position, EAP at that position equals the Richardson-extrapolated central
     difference of the raw metric with the sender's delta added at that position only; over all
@@ -44,6 +45,8 @@ def test_per_position_eap_is_the_single_position_derivative(fam, zoo_cache, prom
     runs = prepare(engine, batch.clean, batch.corrupted, graph)
     each = edge_attribution(engine, runs, graph, steps=1, positions="each")
     summed = edge_attribution(engine, runs, graph, steps=1)
+    monkeypatch.setattr(attribution, "RECEIVER_CHUNK", 5)  # receivers over several chunks (the zoo has < 64)
+    assert_close(edge_attribution(engine, runs, graph, steps=1, positions="each"), each, "5 receivers per chunk", tol=1e-5)
     n_pos = batch.clean.shape[1]
     assert each.shape == (len(graph.edges), n_pos)
     assert_close(each.sum(1), summed, "sum over positions of per-position EAP vs summed EAP", tol=1e-4)

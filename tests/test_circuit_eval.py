@@ -190,6 +190,8 @@ BAD = [
     (lambda p: ["compare", str(p / "planted.parquet"), str(_head_scores(p))], "holds edge scores but"),
     (lambda p: ["compare", str(p / "planted.parquet"), str(p / "missing.parquet")], "no such results file"),
     (lambda p: ["circuit", "--model", "zoo-llama", "evaluate", str(p / "planted.parquet")], "--model before 'evaluate'"),
+    (lambda p: ["circuit", "evaluate", str(p / "positions.parquet")], "has a 'position' column"),
+    (lambda p: ["compare", str(p / "planted.parquet"), str(p / "positions.parquet")], "has a 'position' column"),
 ]
 
 
@@ -198,6 +200,9 @@ def test_cli_bad_inputs_are_one_line(make, message, toy, tmp_path, capsys):
     _, _, graph = toy
     edge_table(graph, PLANTED).to_parquet(tmp_path / "planted.parquet")
     edge_table(graph, set()).to_parquet(tmp_path / "empty.parquet")
+    per_position = edge_table(graph, PLANTED)
+    per_position["position"] = 0
+    per_position.to_parquet(tmp_path / "positions.parquet")
     code, out, err = _main(make(tmp_path), capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err

@@ -143,3 +143,74 @@ def test_eap_ig_grids(induction):
     rhs = one["clean_end"] - one["corrupted_end"]
     assert float(rhs.abs().max()) > 0.1
     assert torch.allclose(lhs, rhs, atol=1e-3 * float(rhs.abs().max()))
+
+
+def test_per_position_key_edge_sits_after_the_earlier_occurrence(tmp_path):
+    """Per-position EAP-IG (``positions=each``) on toy-induction: the prompt is ``[BOS] R R[:m]``
+    (m = seq_len - 1), so the induction head at END attends to the token after the earlier
+    occurrence of the last token, position ``PREV + 1 = seq_len``, and its key there reads the
+    ``prev`` subspace head 0.0 wrote at that position: the planted edge 0.0 -> 1.0<k> must score
+    at that position only. The table has one row per (edge, position) and an int ``position``;
+    the circuit flag ranks rows; the CLI table and the plot take it; exact refuses."""
+    from headscope.circuits.methods import run_circuit_method
+    from headscope.cli.circuit import edge_table
+    from headscope.errors import HeadscopeError
+    from headscope.plots.circuit import edge_circuit_graph
+    from headscope.results.edge_scores import read_edge_scores
+
+    model = hs.load_model("toy-induction")
+    task = InductionContrastTask(n_prompts=4, seq_len=6, seed=0)
+    batch = task.batch(model)
+    n_pos = batch.clean.shape[1]
+    assert (batch.positions["PREV"] + 1 == 6).all()  # the hand position the test expects
+    edges = run_circuit_method("eap_ig", model, task, positions="each", top_edges=7)
+    n_edges = len(EdgeGraph.of(model).edges)
+    assert len(edges) == n_edges * n_pos and edges["position"].dtype.kind == "i"
+    assert int(edges["circuit"].sum()) == 7
+    key = edges[(edges["sender"] == "a0.h0") & (edges["receiver"] == "a1.h0") & (edges["receiver_input"] == "k")]
+    by_pos = dict(zip(key["position"], key["score"], strict=True))
+    assert by_pos[6] < -1.0, f"the planted key edge at position 6: {by_pos}"
+    assert all(abs(v) < 1e-3 * abs(by_pos[6]) for p, v in by_pos.items() if p != 6), by_pos
+    path = edges.to_parquet(tmp_path / "e.parquet")
+    back = read_edge_scores(path)
+    assert back["position"].tolist() == edges["position"].tolist()
+    table = edge_table(back, 5)
+    assert table.row_count == 5
+    assert any("@" in str(c) for c in table.columns[1]._cells)
+    fig = edge_circuit_graph(back)
+    assert any("at positions" in (t.text[0] if t.text is not None else "") for t in fig.data if t.mode == "lines")
+    with pytest.raises(HeadscopeError, match="whole edges only"):
+        run_circuit_method("exact", model, task, positions="each")
+    with pytest.raises(HeadscopeError, match="positions must be one of"):
+        run_circuit_method("eap", model, task, positions="every")
+
+
+def test_token_routes_follow_the_induction_head_to_the_token_after_the_earlier_occurrence(tmp_path):
+    """toy-induction, ``routes level=token``: the prediction at END (position 11 of ``[BOS] R
+    R[:5]``) is written by the induction head 1.0 from the position after the earlier occurrence
+    of the last token (PREV + 1 = 6: its key matches there, its value carries the answer). So on
+    every prompt the route's only kept head edge into END's layer-1 state is x1[6] -> x1.mid[11]
+    via a1.h0; the MLPs are zero (no MLP edge at all), and from position 6 the route continues to
+    the embedding there. The table round-trips, the CLI table and the plot read it."""
+    from headscope.circuits.methods import run_circuit_method
+    from headscope.cli.circuit import edge_table
+    from headscope.plots.circuit import edge_circuit_graph
+    from headscope.results.edge_scores import read_edge_scores
+
+    model = hs.load_model("toy-induction")
+    task = InductionContrastTask(n_prompts=4, seq_len=6, seed=0)
+    batch = task.batch(model)
+    assert (batch.end == 11).all() and (batch.positions["PREV"] + 1 == 6).all()
+    edges = run_circuit_method("routes", model, task, level="token")
+    kept = edges[edges["circuit"]]
+    for p in range(4):
+        mine = kept[kept["prompt"] == p]
+        into_end = mine[(mine["receiver"] == "x1.mid") & (mine["position"] == 11) & mine["via"].str.startswith("a")]
+        assert list(zip(into_end["via"], into_end["source_position"], strict=True)) == [("a1.h0", 6)]
+        assert ((mine["receiver"] == "x0.mid") & (mine["position"] == 6) & (mine["via"] == "resid")).any()
+    assert not edges["via"].str.startswith("m").any()
+    back = read_edge_scores(edges.to_parquet(tmp_path / "r.parquet"))
+    assert back.provenance["options"]["level"] == "token"
+    assert "x1[6] -a1.h0-> x1.mid[11]" in " ".join(str(c) for c in edge_table(back, 50).columns[1]._cells)
+    fig = edge_circuit_graph(back)
+    assert any("via a1.h0" in (t.text[0] if t.text is not None else "") for t in fig.data if t.mode == "lines")

@@ -44,6 +44,15 @@ from headscope.patching.engine import PatchEngine, hook_alias
 
 INTERPOLATIONS = ("input", "activations")
 GRIDS = ("clean_end", "corrupted_end")
+POSITIONS = ("sum", "each")
+RECEIVER_CHUNK = 64
+"""Receivers per batched matmul of ``positions=each`` (bounds its temporaries)."""
+
+
+def check_positions(positions: str) -> None:
+    """One-line error unless ``positions`` is ``sum`` or ``each``."""
+    if positions not in POSITIONS:
+        raise HeadscopeError(f"positions must be one of {', '.join(POSITIONS)} (each: one row per edge and token position); got '{positions}'.")
 
 
 def kl_metric(clean_end_logits: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -171,14 +180,23 @@ def edge_attribution(
     interpolation: str = "input",
     metric: str = "logit_diff",
     grid: str = "clean_end",
+    positions: str = "sum",
 ) -> torch.Tensor:
     """EAP (``steps=1``) or EAP-IG scores of every edge of ``graph``.
 
     ``grid``: ``clean_end`` (k = 1..steps) or ``corrupted_end`` (k = 0..steps-1, the reference's
     input-interpolation grid).
 
+    ``positions``: ``sum`` (the edge's score summed over positions) or ``each`` (one score per
+    token position ``p`` of the right-padded prompts: the estimate of patching the sender's
+    delta into the receiver input at position ``p`` only, ``sum_{prompt, d} delta_s[., p, .] *
+    grad_r[., p, .]``; the ``each`` scores sum over ``p`` to the ``sum`` score). Position ``p``
+    is the p-th token of every prompt; padding sits after a prompt's END, where a causal model's
+    metric cannot read it, so its gradient (and score) there is exactly 0.
+
     Returns:
-        (len(graph.edges),) estimated ``M(edge patched) - M(clean)`` of the prompt-mean metric.
+        (len(graph.edges),) or, for ``positions="each"``, (len(graph.edges), pos): estimated
+        ``M(edge patched) - M(clean)`` of the prompt-mean metric.
     """
     if steps < 1:
         raise HeadscopeError(f"steps must be at least 1 (EAP-IG uses 5 by default); got {steps}.")
@@ -186,6 +204,7 @@ def edge_attribution(
         raise HeadscopeError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got '{interpolation}'.")
     if grid not in GRIDS:
         raise HeadscopeError(f"grid must be one of {', '.join(GRIDS)}; got '{grid}'.")
+    check_positions(positions)
     fn = metric_fn(engine, runs, metric)
     total: dict[str, torch.Tensor] = {}
     for k in (range(1, steps + 1) if grid == "clean_end" else range(steps)):
@@ -193,13 +212,44 @@ def edge_attribution(
         for key, g in receiver_grads(engine, runs, graph, t, interpolation, fn).items():
             total[key] = total[key] + g if key in total else g.clone()
     s_index = {s.name: i for i, s in enumerate(graph.senders)}
-    r_index = {r.key: i for i, r in enumerate(graph.receivers)}
-    deltas = torch.stack([runs.deltas[s.name] for s in graph.senders]).flatten(1).float()  # (S, n*pos*d)
-    grads = torch.stack([total[r.key] / steps for r in graph.receivers]).flatten(1).float()  # (R, n*pos*d)
-    table = deltas @ grads.T  # (S, R)
     rows = torch.tensor([s_index[e.sender.name] for e in graph.edges])
-    cols = torch.tensor([r_index[e.receiver.key] for e in graph.edges])
-    return table[rows, cols].cpu()
+    if positions == "sum":
+        r_index = {r.key: i for i, r in enumerate(graph.receivers)}
+        deltas = torch.stack([runs.deltas[s.name] for s in graph.senders]).flatten(1).float()  # (S, n*pos*d)
+        grads = torch.stack([total[r.key] / steps for r in graph.receivers]).flatten(1).float()  # (R, n*pos*d)
+        table = deltas @ grads.T  # (S, R)
+        cols = torch.tensor([r_index[e.receiver.key] for e in graph.edges])
+        return table[rows, cols].cpu()
+    return _per_position(runs, graph, total, steps, rows, RECEIVER_CHUNK)
+
+
+def _per_position(runs: EdgeRuns, graph: EdgeGraph, total: dict[str, torch.Tensor], steps: int,
+                  rows: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """(E, pos) scores: ``sum_{prompt, d} delta_s[., p, .] * grad_r[., p, .]`` for every edge.
+
+    Accumulated over receivers in chunks of ``chunk``: one batched matmul per chunk, (pos, S,
+    n*d) @ (pos, n*d, chunk) -> (pos, S, chunk), written into the output and dropped. The
+    largest temporaries are one chunk's stacked gradients and its (pos, S, chunk) table, never
+    (edges, n, pos, d).
+    """
+    deltas = torch.stack([runs.deltas[s.name] for s in graph.senders]).float()  # (S, n, pos, d)
+    n_senders, n, n_pos, d = deltas.shape
+    by_pos = deltas.permute(2, 0, 1, 3).reshape(n_pos, n_senders, n * d)  # (pos, S, n*d)
+    del deltas
+    out = torch.empty(len(graph.edges), n_pos)
+    by_receiver: dict[str, list[int]] = {}
+    for i, e in enumerate(graph.edges):
+        by_receiver.setdefault(e.receiver.key, []).append(i)
+    keys = list(by_receiver)
+    for at in range(0, len(keys), chunk):
+        part = keys[at: at + chunk]
+        g = torch.stack([total[k] for k in part]).float().to(by_pos.device) / steps  # (R, n, pos, d)
+        g = g.permute(2, 1, 3, 0).reshape(n_pos, n * d, len(part))  # (pos, n*d, R)
+        table = torch.bmm(by_pos, g).cpu()  # (pos, S, R)
+        for c, key in enumerate(part):
+            idx = by_receiver[key]
+            out[idx] = table[:, rows[idx], c].T
+    return out
 
 
 def metric_fn(engine: PatchEngine, runs: EdgeRuns, metric: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -42,6 +42,9 @@ ABLATIONS = ("corrupted", "mean")
 
 def table_masks(table: Any, graph: EdgeGraph, model_name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """``(circuit (E,) bool, score (E,) float)`` of an EdgeScores table on ``graph``'s edges."""
+    from headscope.results.edge_scores import require_whole_edges
+
+    require_whole_edges(table, "circuit evaluation")
     index = {(e.sender.name, e.receiver.name, e.receiver.input): i for i, e in enumerate(graph.edges)}
     keep = torch.zeros(len(graph.edges), dtype=torch.bool)
     scores = torch.zeros(len(graph.edges))

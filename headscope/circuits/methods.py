@@ -17,7 +17,9 @@ Built in:
   (:mod:`.prune`).
 
 The circuit flag: the ``top_edges`` edges with the largest ``|score|``, or all edges with
-``|score| >= threshold`` when a threshold is given (edges not scored, NaN, are never in it).
+``|score| >= threshold`` when a threshold is given (edges not scored, NaN, are never in it). With
+``positions=each`` (``eap``, ``eap_ig``) the table has one row per (edge, token position) with an
+integer ``position`` column, and the flag ranks those rows (``top_edges`` rows, which may share an edge).
 """
 
 from __future__ import annotations
@@ -125,8 +127,10 @@ def result(model: Any, task: Any, method: str, graph: Any, runs: Any, scores: to
     from headscope.results.edge_scores import EdgeScores
 
     info = task.describe()
+    each = scores.dim() == 2
     base = {
-        "score": "estimated metric(edge patched, noising: clean run, sender's corrupted output into one receiver input) - metric(clean), prompt mean, summed over positions",
+        "score": "estimated metric(edge patched, noising: clean run, sender's corrupted output into one receiver input) - metric(clean), prompt mean, "
+                 + ("at one token position (column position; rows of an edge sum to its summed score)" if each else "summed over positions"),
         "gqa": "k/v receivers are KV heads; an edge into a key or value is the KV head's (kv_group lists its query heads), never split",
         "clean_metric": float(runs.clean_metric.mean()),
         "corrupted_metric": float(runs.corrupted_metric.mean()),
@@ -135,32 +139,42 @@ def result(model: Any, task: Any, method: str, graph: Any, runs: Any, scores: to
     }
     prov = build_provenance(model, task=info, analyzer=f"circuit:{method}", options=options,
                             choices={**base, **choices}, seed=info.get("seed"))
-    return EdgeScores.from_edges(graph.edges, scores.tolist(), circuit.tolist(), model=model.spec, task=task.name,
+    edges = graph.edges
+    if each:  # one row per (edge, position), edge-major: row e * pos + p
+        n_pos = scores.shape[1]
+        edges = [e for e in graph.edges for _ in range(n_pos)]
+        extra = {**(extra or {}), "position": list(range(n_pos)) * len(graph.edges)}
+        scores = scores.flatten()
+    return EdgeScores.from_edges(edges, scores.tolist(), circuit.tolist(), model=model.spec, task=task.name,
                                  method=method, extra=extra, provenance=prov)
 
 
 @register_circuit_method("eap", "edge attribution patching: all edges from one corrupted forward and one clean forward+backward")
-def eap(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100, threshold: float | None = None) -> Any:
+def eap(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100, threshold: float | None = None,
+        positions: str = "sum") -> Any:
     """EAP scores of every edge (Syed, Rager & Conmy 2023).
 
     Args:
         metric: ``logit_diff`` (the task's END logit difference) or ``kl``.
         top_edges, threshold: the circuit flag (see the module docstring).
+        positions: ``sum`` (one row per edge) or ``each`` (one row per edge and token position,
+            column ``position``; the circuit flag then ranks rows).
     """
-    from headscope.circuits.attribution import edge_attribution
+    from headscope.circuits.attribution import check_positions, edge_attribution
 
+    check_positions(positions)
     _, engine, graph, runs = setup(model, task, metric)
-    scores = edge_attribution(engine, runs, graph, steps=1, metric=metric)
-    circuit = circuit_mask(scores, top_edges, threshold)
+    scores = edge_attribution(engine, runs, graph, steps=1, metric=metric, positions=positions)
+    circuit = circuit_mask(scores.flatten(), top_edges, threshold)
     return result(model, task, "eap", graph, runs, scores, circuit,
-                  {"metric": metric, "top_edges": top_edges, "threshold": threshold},
+                  {"metric": metric, "top_edges": top_edges, "threshold": threshold, "positions": positions},
                   {"gradient": "at the clean run, per receiver input (q/k/v through ln1 per head)"})
 
 
 @register_circuit_method("eap_ig", "EAP with integrated gradients along clean<->corrupted",
                          presets={"paper": {"steps": 5, "interpolation": "input", "grid": "corrupted_end"}})
 def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", metric: str = "logit_diff",
-           top_edges: int = 100, threshold: float | None = None, grid: str = "clean_end") -> Any:
+           top_edges: int = 100, threshold: float | None = None, grid: str = "clean_end", positions: str = "sum") -> Any:
     """EAP-IG scores of every edge (Hanna, Pezzelle & Belinkov 2024).
 
     Args:
@@ -170,22 +184,25 @@ def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", 
         top_edges, threshold: the circuit flag.
         grid: ``clean_end`` (k = 1..steps: steps=1 is EAP) or ``corrupted_end`` (k = 0..steps-1,
             the authors' input-interpolation grid; preset ``paper``).
+        positions: ``sum`` or ``each`` (one row per edge and token position, as for ``eap``).
     """
-    from headscope.circuits.attribution import edge_attribution
+    from headscope.circuits.attribution import check_positions, edge_attribution
 
+    check_positions(positions)
     _, engine, graph, runs = setup(model, task, metric)
-    scores = edge_attribution(engine, runs, graph, steps=steps, interpolation=interpolation, metric=metric, grid=grid)
-    circuit = circuit_mask(scores, top_edges, threshold)
+    scores = edge_attribution(engine, runs, graph, steps=steps, interpolation=interpolation, metric=metric, grid=grid,
+                              positions=positions)
+    circuit = circuit_mask(scores.flatten(), top_edges, threshold)
     return result(model, task, "eap_ig", graph, runs, scores, circuit,
                   {"steps": steps, "interpolation": interpolation, "metric": metric, "top_edges": top_edges,
-                   "threshold": threshold, "grid": grid},
+                   "threshold": threshold, "grid": grid, "positions": positions},
                   {"path": "points corrupted + k/steps (clean - corrupted), k = 1..steps (grid clean_end: steps=1 is EAP) or "
                            "k = 0..steps-1 (grid corrupted_end, hannamw/EAP-IG's input mode)"})
 
 
 @register_circuit_method("exact", "exact edge patching of every edge (the reference; small models)", shard=EXACT_SHARDS)
 def exact(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100, threshold: float | None = None,
-          progress: bool = False, receiver_layers: list[int] | None = None) -> Any:
+          progress: bool = False, receiver_layers: list[int] | None = None, positions: str = "sum") -> Any:
     """Exact noising effect of every edge, each patched alone (:mod:`headscope.circuits.exact`).
 
     Args:
@@ -195,8 +212,15 @@ def exact(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 10
         receiver_layers: patch only the edges into these receiver blocks (``n_layers`` = the
             logits); the other edges get NaN and stay out of the circuit. Sharded runs set it
             per shard (:mod:`headscope.circuits.sharding`); None = every edge.
+        positions: ``sum`` only: per-position exact patching would cost one forward per edge and
+            position (and, unlike EAP, the exact per-position effects do not sum to the edge's).
     """
+    from headscope.circuits.attribution import check_positions
     from headscope.circuits.exact import exact_edge_effects
+
+    check_positions(positions)
+    if positions != "sum":
+        raise HeadscopeError("exact edge patching scores whole edges only (positions=each would take one forward per edge and position); use eap or eap_ig with positions=each.")
 
     if receiver_layers is not None:
         bad = sorted({int(x) for x in receiver_layers} - set(range(model.n_layers + 1)))

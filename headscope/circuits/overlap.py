@@ -47,7 +47,10 @@ def circuit_overlap(a: Any, b: Any) -> dict[str, Any]:
         "edges_only_a": [...], "edges_only_b": [...], "shared_edges": n, "spearman": rho}``.
     """
     from headscope.report.compare import spearman
+    from headscope.results.edge_scores import require_whole_edges
 
+    require_whole_edges(a, "circuit comparison")
+    require_whole_edges(b, "circuit comparison")
     ea, eb = circuit_edge_set(a), circuit_edge_set(b)
     na, nb = edge_set_nodes(ea), edge_set_nodes(eb)
     merged = pd.DataFrame(a)[[*KEY, "score"]].merge(pd.DataFrame(b)[[*KEY, "score"]], on=KEY, suffixes=("_a", "_b"))

@@ -1,5 +1,7 @@
 """Information flow routes (Ferrando & Voita 2024, "Information Flow Routes: Automatically
-Interpreting Language Models at Scale", Sec. 3), on headscope's edge graph.
+Interpreting Language Models at Scale", Sec. 3), on headscope's edge graph (``level=component``,
+the default); ``level=token`` is the paper's own graph over (layer, position) residual states
+(:mod:`.token_routes`).
 
 One clean forward, no gradients and no corrupted prompts. The route is traced top-down from the
 prediction: start at the logits' input at each prompt's END position; for an active receiver
@@ -140,12 +142,23 @@ def _post_scale(model: Any, run: dict[str, torch.Tensor], layer: int) -> torch.T
     return spec.weight.float().cpu() / spec.scale(pre)
 
 
-@register_circuit_method("routes", "information flow routes: proximity importance traced from the prediction (no corrupted run)")
-def routes(model: Any, task: Any, threshold: float = 0.04) -> Any:
+LEVELS = ("component", "token")
+
+
+@register_circuit_method("routes", "information flow routes: proximity importance traced from the prediction (no corrupted run)",
+                         presets={"paper": {"level": "token", "threshold": 0.04}})
+def routes(model: Any, task: Any, threshold: float = 0.04, level: str = "component") -> Any:
     """Information flow routes (Ferrando & Voita 2024) on the task's clean prompts.
 
     Args:
         threshold: the paper's tau: edges with importance above it are kept and traced further.
+        level: ``component`` (default: the routes projected onto headscope's edge graph, one row
+            per sender -> receiver input, comparable with ``eap``/``exact`` and usable by
+            ``circuit evaluate`` and ``compare``) or ``token`` (the paper's own graph over
+            residual states at (layer, position), one row per prompt and edge with positions:
+            :mod:`.token_routes`). The component level is a summary of the paper's route (the
+            largest importance an edge reached at any position), not a different method, which
+            is why it stays the default: every other circuit tool reads its schema.
     """
     from headscope.analyzers.activation_patching import task_batch
     from headscope.results import build_provenance
@@ -153,7 +166,11 @@ def routes(model: Any, task: Any, threshold: float = 0.04) -> Any:
 
     if not 0 < threshold < 1:
         raise HeadscopeError(f"threshold must be between 0 and 1 (an importance share); got {threshold}.")
+    if level not in LEVELS:
+        raise HeadscopeError(f"level must be component or token (token: the paper's graph over positions); got '{level}'.")
     batch = task_batch(model, task)
+    if level == "token":
+        return _token_result(model, task, batch, threshold)
     graph = EdgeGraph.of(model)
     score, kept = trace_routes(model, batch.clean, batch.end, graph, threshold)
     info = task.describe()
@@ -164,3 +181,28 @@ def routes(model: Any, task: Any, threshold: float = 0.04) -> Any:
                             seed=info.get("seed"))
     return EdgeScores.from_edges(graph.edges, score.tolist(), kept.tolist(), model=model.spec, task=task.name,
                                  method="routes", provenance=prov)
+
+
+def _token_result(model: Any, task: Any, batch: Any, threshold: float) -> Any:
+    """EdgeScores of :func:`headscope.circuits.token_routes.token_routes` with provenance."""
+    from headscope.circuits.token_routes import token_routes
+    from headscope.results import build_provenance
+    from headscope.results.edge_scores import EdgeScores
+
+    table = token_routes(model, batch.clean, batch.end, threshold)
+    table.insert(0, "model", model.spec)
+    table.insert(1, "task", task.name)
+    table.insert(2, "method", "routes")
+    table["receiver_input"] = "in"
+    table["kv_group"] = ""
+    info = task.describe()
+    prov = build_provenance(
+        model, task=info, analyzer="circuit:routes", options={"threshold": threshold, "level": "token"},
+        choices={"score": "proximity importance of the edge's term in its receiver's residual sum (Ferrando & Voita 2024, Eq. 2, L1)",
+                 "nodes": "x{l}: residual entering block l (x{L} final), x{l}.mid: after block l's attention; positions in columns",
+                 "edges": "via a{l}.h{h} (A[h,i,j] v_j W_O^h, per query head), m{l} or resid; rows with importance > 0 into route nodes",
+                 "start": "x{L} at each prompt's END", "n_kept": int(table["circuit"].sum())},
+        seed=info.get("seed"))
+    out = EdgeScores(table)
+    out.provenance = prov
+    return out

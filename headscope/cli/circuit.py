@@ -102,7 +102,8 @@ def register(app: typer.Typer) -> None:
             t1 = time.perf_counter()
             got = plan.run(CIRCUIT_PREFIX + method, loaded, task_obj, method_kw) if plan.active else \
                 run_circuit_method(method, loaded, task_obj, **method_kw)
-            console.print(f"{plan.prefix}[bold]{method}[/] on [bold]{task}[/]: {len(got)} edges, "
+            unit = "rows" if {"position", "via"} & set(got.columns) else "edges"  # per-position / token-level tables
+            console.print(f"{plan.prefix}[bold]{method}[/] on [bold]{task}[/]: {len(got)} {unit}, "
                           f"{int(got['circuit'].sum())} in the circuit, in {time.perf_counter() - t1:.1f} s")
             return got
 
@@ -121,8 +122,18 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {plot}")
 
 
+def edge_label(row) -> str:  # noqa: ANN001 - an EdgeScores row (itertuples)
+    """``sender -> receiver<input>``, with ``@p`` for per-position rows (column ``position``)."""
+    via = getattr(row, "via", None)
+    if via is not None:  # token-level routes: nodes at positions, the component in between
+        return f"p{row.prompt}: {row.sender}[{row.source_position}] -{via}-> {row.receiver}[{row.position}]"
+    label = f"{row.sender} -> {row.receiver}<{row.receiver_input}>"
+    position = getattr(row, "position", None)
+    return label if position is None or position != position else f"{label} @{int(position)}"
+
+
 def edge_table(scores, k: int):  # noqa: ANN001, ANN201 - EdgeScores -> rich Table
-    """The ``k`` edges with the largest |score|."""
+    """The ``k`` rows (edges, or (edge, position) pairs) with the largest |score|."""
     from rich.table import Table
 
     table = Table(title="top edges")
@@ -131,6 +142,5 @@ def edge_table(scores, k: int):  # noqa: ANN001, ANN201 - EdgeScores -> rich Tab
         table.add_column(col, justify="left" if col == "edge" else "right")
     for rank, row in enumerate(scores.top(k).itertuples(), start=1):
         vals = [f"{getattr(row, c):.4f}" for c in extra]
-        table.add_row(str(rank), f"{row.sender} -> {row.receiver}<{row.receiver_input}>", f"{row.score:.4f}", *vals,
-                      "yes" if row.circuit else "")
+        table.add_row(str(rank), edge_label(row), f"{row.score:.4f}", *vals, "yes" if row.circuit else "")
     return table

@@ -3,7 +3,8 @@
 A ``pandas.DataFrame`` subclass with at least the columns ``model, task, method, sender,
 receiver, receiver_input, score, circuit`` (plus ``sender_layer``, ``receiver_layer`` and
 ``kv_group``: the query heads a k/v receiver's KV head serves). Optional: ``exact`` (the exact
-edge-patching effect where verified), ``rank``. ``score`` is the method's estimate of
+edge-patching effect where verified), ``rank``, ``position`` (int: per-position tables, one row
+per (edge, token position), from ``positions=each``; the rows of one edge sum to its summed score). ``score`` is the method's estimate of
 ``metric(edge patched) - metric(clean)`` of the prompt-mean metric, summed over positions;
 ``circuit`` marks the edges the method keeps. Provenance lives in ``.provenance`` and travels
 in the Parquet schema metadata, exactly as for :class:`~headscope.results.HeadScores`.
@@ -65,7 +66,7 @@ class EdgeScores(pd.DataFrame):
         self.attrs["provenance"] = dict(value)
 
     def top(self, k: int = 10) -> EdgeScores:
-        """The ``k`` edges with the largest ``|score|``."""
+        """The ``k`` rows (edges, or (edge, position) pairs) with the largest ``|score|``."""
         order = self["score"].abs().sort_values(ascending=False, kind="stable").index[:k]
         return self.loc[order]
 
@@ -107,3 +108,15 @@ def read_edge_scores(path: str | Path) -> EdgeScores:
     except ValueError:
         raise HeadscopeError(f"{target} has unreadable headscope provenance metadata (not JSON).") from None
     return out
+
+
+def require_whole_edges(table: Any, purpose: str) -> None:
+    """Refuse per-position (``position``) and token-level route (``via``) tables where whole edges are needed.
+
+    Such tables repeat an edge once per position (or route row), so reading them as an edge list would
+    count an edge several times and let a later row overwrite an earlier one.
+    """
+    extra = [c for c in ("position", "via") if c in getattr(table, "columns", ())]
+    if extra:
+        raise HeadscopeError(f"{purpose} needs one row per edge, but this table has a '{extra[0]}' column (per-position or "
+                             "token-level rows): rerun `headscope circuit` with positions=sum (routes: level=component).")

@@ -234,6 +234,8 @@ class _FixedTask:
 
 METHOD_OPTIONS = {"eap": {}, "eap_ig": {"steps": 2}, "exact": {}, "verified": {"candidates": 4, "curve": False},
                   "composition": {}, "routes": {}}
+VARIANTS = [("eap", {"positions": "each"}), ("eap_ig", {"steps": 2, "positions": "each"}), ("routes", {"level": "token"})]
+"""Options that change the table's shape (per-position rows, token-level routes): run on every family too."""
 
 
 @pytest.mark.capability("circuit_methods")
@@ -245,10 +247,11 @@ def test_every_circuit_method_runs(family, pair, prompts, hs_call, tmp_path):
 
     load_builtin_methods()
     task = _FixedTask(prompts.batch)
-    for name in CIRCUIT_METHODS:
-        res = hs_call(lambda name=name: run_circuit_method(name, pair.hs, task, **METHOD_OPTIONS.get(name, {})))
+    runs = [(name, METHOD_OPTIONS.get(name, {})) for name in CIRCUIT_METHODS] + VARIANTS
+    for i, (name, opts) in enumerate(runs):
+        res = hs_call(lambda name=name, opts=opts: run_circuit_method(name, pair.hs, task, **opts))
         if res is REFUSED:
             return
         assert len(res) > 0 and res["score"].notna().all(), name
-        back = read_edge_scores(res.to_parquet(tmp_path / f"{name}.parquet"))
+        back = read_edge_scores(res.to_parquet(tmp_path / f"{name}{i}.parquet"))
         assert back.provenance["analyzer"] == f"circuit:{name}" and len(back) == len(res)

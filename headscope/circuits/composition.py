@@ -89,6 +89,26 @@ class CompositionWeights:
             self.lr.append(n_in @ wv[kv])
             self.wo.append(wo)
 
+    def writer(self, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writer head ``(layer, head)``'s ``OV_A = Lv @ Ro`` as the factors ``(Lv (d, dh), Ro (dh, d))``."""
+        return self.lv[layer][head], self.ro[layer][head]
+
+    def reader(self, layer: int, heads: list[int], kind: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The reader's maps ``X_h = left @ right`` ((d, dh) @ (dh, d)) for each query head ``h`` of
+        ``heads`` (the receiver's :func:`reader_heads`): ``q``: ``QK_h = Lq Lk^T``; ``k``: ``QK_h^T =
+        Lk Lq^T``; ``v``: ``OV_h = Lr W_O``. The composition numerator is ``sum_h ||OV_A X_h||_F^2``."""
+        if kind == "q":
+            return [(self.lq[layer][h], self.lk[layer][h].T) for h in heads]
+        if kind == "k":
+            return [(self.lk[layer][h], self.lq[layer][h].T) for h in heads]
+        return [(self.lr[layer][h], self.wo[layer][h]) for h in heads]
+
+
+def reader_heads(receiver: Any, groups: dict[int, list[int]]) -> list[int]:
+    """The query heads whose maps a head receiver's composition stacks: itself for ``q``, its KV
+    head's group for ``k``/``v`` (GQA: never split)."""
+    return [receiver.unit] if receiver.input == "q" else list(groups[receiver.unit])
+
 
 def _sq_norms(gram_left: torch.Tensor, m: torch.Tensor, gram_right: torch.Tensor) -> torch.Tensor:
     """``||L M R||_F^2 = tr(M^T (L^T L) M (R R^T))`` for stacks: gram_left (A, dh, dh),
@@ -132,7 +152,7 @@ def composition_scores(model: Any, graph: EdgeGraph) -> tuple[list[Edge], torch.
         s, r = e.sender, e.receiver
         if s.kind != "head" or r.kind != "head":
             continue
-        members = [r.unit] if r.input == "q" else groups[r.unit]
+        members = reader_heads(r, groups)
         num = t[r.input][(s.layer, r.layer)][s.unit, members].sum()
         den = t["ov"][s.layer][s.unit] * t["qk" if r.input in "qk" else "ovb"][r.layer][members].sum()
         edges.append(e)

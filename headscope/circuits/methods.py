@@ -13,6 +13,9 @@ Built in:
   estimate (one batched forward per group of edges; use it on small models). The one method
   that splits into shards (``--shard I/N``, torchrun): units are receiver blocks
   (:mod:`.sharding`);
+* ``composition`` / ``composition_svd``: weight-based head composition scores (:mod:`.composition`)
+  and their split into the writer's rank-1 SVD components (:mod:`.composition_svd`; one row per
+  (edge, component), column ``component``);
 * ``verified``: EAP-IG ranking, exact verification of the top edges and greedy pruning
   (:mod:`.prune`).
 
@@ -36,7 +39,7 @@ from headscope.errors import HeadscopeError, reject_unknown, suggest
 
 CIRCUIT_METHODS: dict[str, AnalyzerInfo] = {}
 _BUILTIN = ("headscope.circuits.methods", "headscope.circuits.prune", "headscope.circuits.composition",
-            "headscope.circuits.routes")
+            "headscope.circuits.composition_svd", "headscope.circuits.routes")
 
 
 def register_circuit_method(name: str, summary: str, presets: Mapping[str, Mapping[str, Any]] | None = None,

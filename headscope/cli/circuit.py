@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         model: str = typer.Option("smollm2-135m", "--model", "-m", help="alias, toy-*, .gguf, directory or hub id"),
         task: str = typer.Option("ioi", "--task", "-t", help="a contrastive task (see `headscope tasks`)"),
-        method: str = typer.Option("eap_ig", "--method", help="eap, eap_ig, exact, verified, routes, composition"),
+        method: str = typer.Option("eap_ig", "--method", help="eap, eap_ig, exact, verified, routes, composition, composition_svd"),
         out: Path | None = typer.Option(None, "--out", help="Parquet output (default results/<model>_<task>_circuit_<method>.parquet)"),
         plot: Path | None = typer.Option(None, "--plot", help="write the circuit graph (.html)"),
         seed: int | None = typer.Option(None, "--seed", help="random seed for the task"),
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
             t1 = time.perf_counter()
             got = plan.run(CIRCUIT_PREFIX + method, loaded, task_obj, method_kw) if plan.active else \
                 run_circuit_method(method, loaded, task_obj, **method_kw)
-            unit = "rows" if {"position", "via"} & set(got.columns) else "edges"  # per-position / token-level tables
+            unit = "rows" if {"position", "via", "component"} & set(got.columns) else "edges"  # per-position / token-level / SVD tables
             console.print(f"{plan.prefix}[bold]{method}[/] on [bold]{task}[/]: {len(got)} {unit}, "
                           f"{int(got['circuit'].sum())} in the circuit, in {time.perf_counter() - t1:.1f} s")
             return got
@@ -123,11 +123,15 @@ def register(app: typer.Typer) -> None:
 
 
 def edge_label(row) -> str:  # noqa: ANN001 - an EdgeScores row (itertuples)
-    """``sender -> receiver<input>``, with ``@p`` for per-position rows (column ``position``)."""
+    """``sender -> receiver<input>``, with ``@p`` for per-position rows (column ``position``) and
+    ``#c<i>`` for SVD component rows (column ``component``)."""
     via = getattr(row, "via", None)
     if via is not None:  # token-level routes: nodes at positions, the component in between
         return f"p{row.prompt}: {row.sender}[{row.source_position}] -{via}-> {row.receiver}[{row.position}]"
     label = f"{row.sender} -> {row.receiver}<{row.receiver_input}>"
+    component = getattr(row, "component", None)
+    if component is not None and component == component:
+        label = f"{label} #c{int(component)}"
     position = getattr(row, "position", None)
     return label if position is None or position != position else f"{label} @{int(position)}"
 

@@ -111,12 +111,14 @@ def read_edge_scores(path: str | Path) -> EdgeScores:
 
 
 def require_whole_edges(table: Any, purpose: str) -> None:
-    """Refuse per-position (``position``) and token-level route (``via``) tables where whole edges are needed.
+    """Refuse per-position (``position``), token-level route (``via``) and SVD-component (``component``)
+    tables where whole edges are needed.
 
     Such tables repeat an edge once per position (or route row), so reading them as an edge list would
     count an edge several times and let a later row overwrite an earlier one.
     """
-    extra = [c for c in ("position", "via") if c in getattr(table, "columns", ())]
+    extra = [c for c in ("position", "via", "component") if c in getattr(table, "columns", ())]
     if extra:
         raise HeadscopeError(f"{purpose} needs one row per edge, but this table has a '{extra[0]}' column (per-position or "
-                             "token-level rows): rerun `headscope circuit` with positions=sum (routes: level=component).")
+                             "token-level rows, or SVD components): rerun `headscope circuit` with positions=sum (routes: level=component; "
+                             "composition_svd: method composition).")

@@ -82,3 +82,20 @@ def test_show_on_an_edge_scores_file_names_the_reader(tmp_path) -> None:
                                  task="t", method="eap").to_parquet(tmp_path / "e.parquet")
     res = run("show", str(path))
     assert res.returncode == 2 and "read_edge_scores" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_composition_svd_rows_per_component_and_evaluate_refuses(tmp_path) -> None:
+    """``--method composition_svd``: one row per (top edge, SVD component), labelled ``#c<i>``;
+    toy-induction's previous-token head a0.h0 feeds induction head a1.h0's key (its top edge);
+    ``circuit evaluate`` refuses the component table with one line. The numbers themselves are
+    checked against hand SVDs in tests/conformance/test_composition_svd.py."""
+    out = tmp_path / "svd.parquet"
+    res = run("circuit", *TOY, "--method", "composition_svd", "-o", "top_edges=2", "-o", "rank=3", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = read_edge_scores(out)
+    assert len(rows) == 6 and rows["component"].tolist() == [0, 1, 2] * 2
+    assert (rows.sender.iloc[0], rows.receiver.iloc[0], rows.receiver_input.iloc[0]) == ("a0.h0", "a1.h0", "k")
+    assert rows.provenance["analyzer"] == "circuit:composition_svd" and rows.provenance["options"]["rank"] == 3
+    assert "a0.h0 -> a1.h0<k> #c0" in res.stdout
+    bad = run("circuit", "evaluate", str(out))
+    assert bad.returncode == 2 and "'component' column" in bad.stderr.strip().splitlines()[-1], bad.stderr

@@ -21,21 +21,26 @@ from .test_edges import _hf_head_weights, _hf_norm
 
 
 def _hand_maps(raw, layer_w: int, writer: int, layer_r: int, unit: int, kind: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(OV_A (d, d), [X_h (d, d)]) from HF weights: families without post-norms or QK-norm
-    (gpt2, llama). k/v readers stack the KV head's query heads (repeat-kv: h // group)."""
+    """(OV_A (d, d), [X_h (d, d)]) from HF weights: ln1 of the reader, the writer's
+    post-attention norm (Gemma-2), Qwen3's q/k-norm weights; k/v readers stack the KV head's
+    query heads (repeat-kv: h // group)."""
     wa, wb = _hf_head_weights(raw, layer_w), _hf_head_weights(raw, layer_r)
     ln1 = _hf_norm(raw, raw.input_norm(layer_r))
-    ov_a = wa["v"][writer // raw.group] @ wa["o"][writer]
+    post = _hf_norm(raw, raw.post_attn_norm(layer_w)) if raw.post_norms else torch.eye(raw.d_model)
+    ov_a = wa["v"][writer // raw.group] @ wa["o"][writer] @ post
     members = [unit] if kind == "q" else [h for h in range(raw.n_heads) if h // raw.group == unit]
     maps = []
     for h in members:
         g = h // raw.group
-        qk = (ln1 @ wb["q"][h]) @ (ln1 @ wb["k"][g]).T
+        wq, wk = ln1 @ wb["q"][h], ln1 @ wb["k"][g]
+        if raw.type == "qwen3":
+            wq, wk = wq * raw.attn(layer_r).q_norm.weight.detach(), wk * raw.attn(layer_r).k_norm.weight.detach()
+        qk = wq @ wk.T
         maps.append({"q": qk, "k": qk.T, "v": ln1 @ wb["v"][g] @ wb["o"][h]}[kind])
     return ov_a.double(), [x.double() for x in maps]
 
 
-@pytest.mark.parametrize("fam", ["gpt2", "llama"])
+@pytest.mark.parametrize("fam", ["gpt2", "llama", "qwen3", "gemma2"])
 def test_components_match_a_hand_svd(fam, zoo_cache):
     """Per component i of ``OV_A = U S V^T`` (torch.linalg.svd of the full matrix): singular value,
     score ``||v_i^T X|| / ||X||``, contribution ``sigma_i ||v_i^T X|| / (||OV_A|| ||X||)``. And the

@@ -22,10 +22,105 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+
+def naive_edge_effects(model: Any, clean: torch.Tensor, corrupted: torch.Tensor, end: torch.Tensor,
+                       metric: Callable[[torch.Tensor], torch.Tensor], edges: Sequence[Any]) -> torch.Tensor:
+    """The baseline: one full model forward per edge, written with plain TransformerBridge hooks.
+
+    No headscope engine code: sender outputs come from two cached bridge runs (``input``: the
+    residual entering block 0; head ``a{l}.h{h}``: ``blocks.l.attn.hook_result[..., h, :]``,
+    TransformerLens's per-head ``z_h W_O^h``; MLP: ``blocks.l.hook_mlp_out``), each difference
+    corrupted - clean. Each edge is then one full forward of the clean tokens with that
+    difference added to exactly one receiver input: ``blocks.l.attn.hook_{q,k,v}_input``
+    (``use_split_qkv_input``: a residual copy per query head / KV head, before ``ln1``, as
+    ACDC's ``use_split_qkv_input``), ``blocks.l.hook_mlp_in`` (before ``ln2``) or
+    ``ln_final.hook_in``; the logits come back for every position, as ``run_with_hooks``
+    returns them, and the metric reads END. Valid on models without post-attention norms
+    (there a head's output is not ``hook_result``).
+
+    Args:
+        model: a headscope model (only ``model.bridge`` is used).
+        clean, corrupted: (n, pos) tokens.
+        end: (n,) metric position per row.
+        metric: END logits (n, d_vocab) -> (n,).
+        edges: :class:`~headscope.circuits.graph.Edge` list.
+
+    Returns:
+        (len(edges), n) metric(patched) - metric(clean).
+    """
+    bridge = model.bridge
+    flags = {name: bool(getattr(bridge.cfg, name, False)) for name in ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")}
+    end = end.to(model.device)
+    rows = torch.arange(clean.shape[0], device=end.device)
+
+    def cached(tokens: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        store: dict[str, torch.Tensor] = {}
+
+        def keep(name: str) -> Callable[[torch.Tensor, Any], None]:
+            def fn(x: torch.Tensor, hook: Any) -> None:
+                store[name] = x.detach().clone()
+
+            return fn
+
+        names = ["blocks.0.hook_resid_pre"]
+        for layer in range(model.n_layers):
+            names += [f"blocks.{layer}.attn.hook_result", f"blocks.{layer}.hook_mlp_out"]
+        logits = bridge.run_with_hooks(tokens, fwd_hooks=[(name, keep(name)) for name in names])
+        return store, metric(logits[rows, end])
+
+    def sender_delta(s: Any) -> torch.Tensor:
+        if s.kind == "input":
+            key = "blocks.0.hook_resid_pre"
+        elif s.kind == "mlp":
+            key = f"blocks.{s.layer}.hook_mlp_out"
+        else:
+            key = f"blocks.{s.layer}.attn.hook_result"
+        d = x_acts[key] - c_acts[key]
+        return d[:, :, s.unit] if s.kind == "head" else d
+
+    def hook_of(r: Any) -> str:
+        if r.kind == "head":
+            return f"blocks.{r.layer}.attn.hook_{r.input}_input"
+        return f"blocks.{r.layer}.hook_mlp_in" if r.kind == "mlp" else "ln_final.hook_in"
+
+    def add(delta: torch.Tensor, unit: int | None) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            x = x.clone()
+            if unit is None:
+                x += delta
+            else:
+                x[:, :, unit] += delta
+            return x
+
+        return fn
+
+    out = torch.empty(len(edges), clean.shape[0])
+    try:
+        bridge.set_use_attn_result(True)
+        bridge.set_use_hook_mlp_in(True)
+        with torch.inference_mode():
+            c_acts, base = cached(clean)
+            x_acts, _ = cached(corrupted)
+            bridge.set_use_attn_result(False)
+            for split in (False, True):  # q/k/v receivers need a residual copy per head
+                bridge.set_use_split_qkv_input(split)
+                for i, e in enumerate(edges):
+                    if (e.receiver.kind == "head") != split:
+                        continue
+                    hook = add(sender_delta(e.sender), e.receiver.unit if split else None)
+                    logits = bridge.run_with_hooks(clean, fwd_hooks=[(hook_of(e.receiver), hook)])
+                    out[i] = (metric(logits[rows, end]) - base).float().cpu()
+    finally:
+        for name, value in flags.items():
+            getattr(bridge, f"set_{name}")(value)
+    return out
 
 
 def main() -> None:

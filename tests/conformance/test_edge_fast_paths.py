@@ -85,6 +85,9 @@ def test_start_groups_by_hand():
     assert _forwards(start_groups(starts, 10, 5.0, 20.0, 100), starts) == [(2, [1, 4]), (8, [0, 2, 3])]
     # at most 2 slices a forward
     assert _forwards(start_groups(starts, 10, 5.0, 1e6, 2), starts) == [(2, [1, 4]), (8, [0, 2]), (9, [3])]
+    # a group larger than a forward pays a forward per chunk: apart, 1 forward from block 2 and 1
+    # from block 9 (8 + 1 blocks of fixed cost); together, 2 forwards from block 2 (16)
+    assert _forwards(start_groups([2, 9, 9], 10, 5.0, 1e6, 2), [2, 9, 9]) == [(2, [0]), (9, [1, 2])]
 
 
 @pytest.mark.parametrize("fam", ["llama", "gpt2"])

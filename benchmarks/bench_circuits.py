@@ -1,18 +1,26 @@
-"""Benchmark: edge attribution (EAP) vs exact edge patching, and batched vs per-edge verification.
+"""Benchmark: edge attribution (EAP) vs exact edge patching, and the verification of the top edges.
 
-1. **EAP vs exact.** EAP scores every edge from one corrupted forward (sender differences),
-   one clean forward + backward and one single-block forward + backward per layer. Exact edge
-   patching needs one patched run per edge; it is timed on a seeded sample of ``--sample``
-   edges (the top ``|EAP|`` ones, as ``verified`` checks them, or ``--pick random``; batched as
-   ``verified`` runs them) and extrapolated to all edges. Target:
-   EAP >= 1000x faster than exact patching of every edge.
-2. **Verification batching.** The same sample patched exactly with one forward per edge
-   (``slices=1``) vs batched (one slice per edge, the engine's row budget). Target: >= 3x.
-   The two must agree to float tolerance (printed).
+1. **Verification** of the top ``--sample`` (200) edges by ``|EAP|`` (what ``verified`` checks),
+   three ways side by side: (a) the naive baseline, one full model forward per edge written here
+   with plain TransformerBridge hooks (:func:`naive_edge_effects`, no headscope engine code);
+   (b) the engine with one edge per forward (``slices=1``); (c) the engine batched. Printed:
+   (a)/(c), target >= 3x, also with the engine's ``prepare`` counted; (b)/(c), batching alone;
+   and ``max |engine - naive|``. The engine saves the blocks before each receiver (runs start
+   at the receiver's block), positions after END and the unembedding away from END, every block
+   for logits edges (the model's tail only), the q/k/v block run per sender (shared by every
+   q/k/v edge of a layer), and per-forward overhead by batching edges that start at the same
+   block (``exact.start_groups``).
+2. **EAP vs exact.** EAP scores every edge from one corrupted forward (sender differences),
+   one clean forward + backward and one single-block forward + backward per layer; exact
+   patching of every edge, one forward per edge, is the naive per-edge cost times the number of
+   edges (extrapolated, said so). Target: EAP >= 1000x faster.
 
 Also printed: the Spearman rank correlation between EAP and the exact effects on the sample.
+Times are wall clock, with process CPU time beside them (on a shared machine the CPU ratio is
+the steadier one). ``--naive-sample N`` runs the baseline on N evenly spaced edges of the
+sample and extrapolates (said so).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_circuits.py --prompts 8 --sample 256
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_circuits.py    # SmolLM2, IOI, 16 prompts, top 200
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_circuits.py --model toy-induction \\
         --task induction_contrast --prompts 4 --sample 32        # a seconds-long smoke run
 """

@@ -22,12 +22,19 @@ How it is computed exactly (no linearisation):
    the receiver unit replaces the clean one at ``hook_q/k/v`` in a clean run from layer ``l``.
    Under GQA a k/v edit changes every query head of the KV group: the receiver is the KV head.
 3. MLP receivers: ``clean mlp input + delta_s`` at the MLP's input hook (``ln2.hook_in``, the
-   residual before the MLP's norm, or ``mlp.hook_in`` where the block has no pre-MLP norm);
-   logits: ``clean final residual + delta_s`` at the last block's ``hook_resid_post``, which
-   only the final norm reads.
+   residual before the MLP's norm, or ``mlp.hook_in`` where the block has no pre-MLP norm),
+   in a clean run from block ``l``.
+4. Logits: ``clean final residual + delta_s``, which only the final norm reads; the metric
+   reads END only, so no block runs: the model's own tail (final norm, unembedding, final
+   soft-capping) maps the edited END vectors of every logits edge to logits in one call
+   (:func:`logits_effects`). Without prefix reuse, the edit goes to the last block's
+   ``hook_resid_post`` in a run of that block instead.
 
-Steps 2 and 3 batch many edges into one forward (one slice per edge, edges into different
-blocks together); ``slices`` bounds that.
+Steps 2 and 3 batch many edges into one forward, one slice per edge; ``slices`` bounds that.
+Which edges share a forward is chosen by :func:`start_groups`: a forward runs from the
+earliest block among its edges, so mixing an edge into layer 2 with one into layer 25 makes
+the latter rerun 23 clean blocks; on a compute-bound CPU edges into different blocks run
+apart, where a forward's fixed cost dominates they share one.
 """
 
 from __future__ import annotations

@@ -22,12 +22,19 @@ How it is computed exactly (no linearisation):
    the receiver unit replaces the clean one at ``hook_q/k/v`` in a clean run from layer ``l``.
    Under GQA a k/v edit changes every query head of the KV group: the receiver is the KV head.
 3. MLP receivers: ``clean mlp input + delta_s`` at the MLP's input hook (``ln2.hook_in``, the
-   residual before the MLP's norm, or ``mlp.hook_in`` where the block has no pre-MLP norm);
-   logits: ``clean final residual + delta_s`` at the last block's ``hook_resid_post``, which
-   only the final norm reads.
+   residual before the MLP's norm, or ``mlp.hook_in`` where the block has no pre-MLP norm),
+   in a clean run from block ``l``.
+4. Logits: ``clean final residual + delta_s``, which only the final norm reads; the metric
+   reads END only, so no block runs: the model's own tail (final norm, unembedding, final
+   soft-capping) maps the edited END vectors of every logits edge to logits in one call
+   (:func:`logits_effects`). Without prefix reuse, the edit goes to the last block's
+   ``hook_resid_post`` in a run of that block instead.
 
-Steps 2 and 3 batch many edges into one forward (one slice per edge, edges into different
-blocks together); ``slices`` bounds that.
+Steps 2 and 3 batch many edges into one forward, one slice per edge; ``slices`` bounds that.
+Which edges share a forward is chosen by :func:`start_groups`: a forward runs from the
+earliest block among its edges, so mixing an edge into layer 2 with one into layer 25 makes
+the latter rerun 23 clean blocks; on a compute-bound CPU edges into different blocks run
+apart, where a forward's fixed cost dominates they share one.
 """
 
 from __future__ import annotations
@@ -148,8 +155,84 @@ def _keeper(store: dict[str, torch.Tensor], act: str):  # noqa: ANN202
 
 
 def _start_layer(e: Edge, n_layers: int) -> int:
-    """The first block a patched run of edge ``e`` must execute."""
+    """The first block a patched run of edge ``e`` must execute (logits edges without the tail path)."""
     return n_layers - 1 if e.receiver.kind == "logits" else e.receiver.layer
+
+
+def start_groups(starts: Sequence[int], n_layers: int, slice_tokens: float, overhead: float,
+                 step: int) -> list[list[int]]:
+    """Edge indices cut into forwards: each forward runs from its earliest start block.
+
+    An edge batched with edges into earlier blocks reruns those blocks for nothing (its slice
+    is clean there), so edges are sorted by start block and cut into contiguous groups that
+    minimise ``sum over forwards of (blocks run) * (overhead + slices * slice_tokens)``
+    (an exact dynamic programme over the distinct start blocks, as
+    :meth:`~headscope.patching.engine.PatchEngine.end_groups` does over END positions); a
+    group with more than ``step`` edges is split into forwards of ``step`` slices. When a
+    forward's fixed cost dominates (GPU, short prompts) everything shares few forwards;
+    where compute dominates (CPU) each start block gets its own.
+
+    Args:
+        starts: start block of each edge.
+        n_layers: blocks in the model.
+        slice_tokens: tokens one slice computes per block (the rows' windows).
+        overhead: the fixed cost of a forward per block run, in tokens.
+        step: most slices per forward.
+
+    Returns:
+        lists of edge indices, one per forward, in increasing start block.
+    """
+    order = sorted(range(len(starts)), key=lambda i: starts[i])
+    values = sorted(set(starts))
+    counts = [sum(1 for s in starts if s == v) for v in values]
+    m = len(values)
+    best = [0.0] + [float("inf")] * m
+    cut = [0] * (m + 1)
+    for j in range(1, m + 1):
+        edges = 0
+        for i in range(j, 0, -1):  # the last group is values[i-1 .. j-1]
+            edges += counts[i - 1]
+            forwards = -(-edges // step)
+            cost = best[i - 1] + (n_layers - values[i - 1]) * (forwards * overhead + edges * slice_tokens)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i - 1
+    bounds = []
+    j = m
+    while j > 0:
+        bounds.append((cut[j], j))
+        j = cut[j]
+    out: list[list[int]] = []
+    lo = 0
+    for i, j in reversed(bounds):
+        size = sum(counts[i:j])
+        group = order[lo : lo + size]
+        out += [group[a : a + step] for a in range(0, size, step)]
+        lo += size
+    return out
+
+
+def logits_effects(engine: PatchEngine, runs: EdgeRuns, edges: Sequence[Edge], scale: float, step: int) -> torch.Tensor:
+    """Metric of edges into the logits: no block runs, only the model's tail at END.
+
+    The logits input is the final residual, which only the final norm reads, and the metric
+    reads END only: ``metric(tail(clean resid_post[L-1][END] + scale * delta_s[END]))``,
+    ``step`` edges per tail run (:meth:`~headscope.patching.engine.PatchEngine.final_logits`).
+
+    Returns:
+        (len(edges), n) metric values.
+    """
+    model = engine.model
+    n = runs.clean_tokens.shape[0]
+    end = engine.end
+    rows = torch.arange(n, device=end.device)
+    base = runs.clean.acts[("resid_post", model.n_layers - 1)]
+    at_end = base[rows.to(base.device), end.to(base.device)]
+    out = []
+    for lo in range(0, len(edges), step):
+        chunk = edges[lo : lo + step]
+        x = torch.stack([at_end + scale * runs.deltas[e.sender.name][rows, end] for e in chunk])
+        out.append(engine.metric(engine.final_logits(x.flatten(0, 1))).view(len(chunk), n))
+    return torch.cat(out)
 
 
 def exact_edge_effects(
@@ -161,10 +244,11 @@ def exact_edge_effects(
 ) -> torch.Tensor:
     """Exact per-prompt effects of patching each edge alone (noising, see the module docstring).
 
-    Edges are sorted by the block their patched run starts at and cut into chunks of
-    ``slices`` edges; a chunk runs once from its earliest start block, each slice carrying its
-    own edge's edit (edits of edges into later blocks leave the earlier blocks of their slice
-    clean, so the result is the same as a run from their own block).
+    Edges into the logits run only the model's tail (final norm and unembedding) at END
+    (:func:`logits_effects`). The other edges are cut into forwards by :func:`start_groups`
+    (at most ``slices`` edges each); a forward runs once from its earliest start block, each
+    slice carrying its own edge's edit (edits of edges into later blocks leave the earlier
+    blocks of their slice clean, so the result is the same as a run from their own block).
 
     Args:
         engine: the engine the runs were prepared on.
@@ -182,15 +266,23 @@ def exact_edge_effects(
     clean_metric = engine.metric(runs.clean.end_logits).float().cpu()  # the engine's metric (may be KL)
     result = torch.full((len(edges), n), float("nan"))
     step = slices or engine.slices_per_chunk(pos)
+    tail = engine.prefix_reuse
+    final = [i for i, e in enumerate(edges) if tail and e.receiver.kind == "logits"]
+    if final:
+        result[final] = logits_effects(engine, runs, [edges[i] for i in final], scale, step).float().cpu() - clean_metric
+    rest = [i for i, e in enumerate(edges) if not (tail and e.receiver.kind == "logits")]
     inputs: dict[int, dict[str, torch.Tensor]] = {}
     where: dict[int, dict[str, int]] = {}
-    for layer in sorted({e.receiver.layer for e in edges if e.receiver.kind == "head"}):
-        senders = list(dict.fromkeys(e.sender.name for e in edges if e.receiver.kind == "head" and e.receiver.layer == layer))
+    head_edges = [edges[i] for i in rest if edges[i].receiver.kind == "head"]
+    for layer in sorted({e.receiver.layer for e in head_edges}):
+        senders = list(dict.fromkeys(e.sender.name for e in head_edges if e.receiver.layer == layer))
         where[layer] = {s: j for j, s in enumerate(senders)}
         inputs[layer] = head_inputs(engine, runs, layer, senders, scale)
-    order = sorted(range(len(edges)), key=lambda i: _start_layer(edges[i], model.n_layers))
-    for lo in range(0, len(order), step):
-        chunk = order[lo : lo + step]
+    prefix = engine.usable_prefix(runs.clean, runs.prefix)
+    slice_tokens = float((engine.end.cpu() + 1 - prefix).sum()) if engine.windows else float(n * pos)
+    starts = [_start_layer(edges[i], model.n_layers) for i in rest]
+    for group in start_groups(starts, model.n_layers, slice_tokens, engine.forward_overhead_tokens, step):
+        chunk = [rest[g] for g in group]
         k = len(chunk)
         start_layer = min(_start_layer(edges[i], model.n_layers) for i in chunk)
         sites: dict[tuple[str, int], list[tuple[int, Edge]]] = {}

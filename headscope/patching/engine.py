@@ -138,6 +138,21 @@ class SkippedBlock(nn.Module):
         return args[0] if args else kwargs["hidden_states"]
 
 
+class EmitBlock(nn.Module):
+    """Stands in for the last block in a tail-only run: returns ``resid`` whatever it is given.
+
+    With every earlier block a :class:`SkippedBlock`, the model's own final norm, unembedding
+    and logit post-processing (e.g. Gemma-2's final soft-capping) then read ``resid``.
+    """
+
+    def __init__(self, resid: torch.Tensor) -> None:
+        super().__init__()
+        self.resid = resid
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.resid
+
+
 def _find_layer_list(bridge: Any) -> tuple[nn.Module, str, nn.ModuleList]:
     """The HF ``ModuleList`` that holds the bridge's blocks, its owner and attribute name."""
     first = bridge.blocks[0]
@@ -256,6 +271,36 @@ class PatchEngine:
             yield
         finally:
             setattr(owner, name, full)
+
+    def final_logits(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits from residual vectors entering the final norm, by the model's own tail.
+
+        The Hugging Face forward runs with every block stood in (blocks ``0..L-2`` pass
+        through, the last one emits ``resid`` as a one-position sequence), so the final norm,
+        the unembedding and any logit post-processing are exactly the model's. Norms act per
+        position, so a vector's logits do not depend on the rest of its sequence.
+
+        Args:
+            resid: (rows, d_model) e.g. the last block's ``resid_post`` at END, edited.
+
+        Returns:
+            (rows, d_vocab) logits (float32 where the model computes in float32).
+        """
+        if self._layers is None:
+            raise HeadscopeError("final_logits needs the model's block list; run with prefix_reuse=True.")
+        owner, name, full = self._layers
+        d_vocab = int(getattr(self.model.cfg, "d_vocab", 0) or 50_000)
+        step = max(1, int(self.memory_mb * 2**20 // (4 * 4 * d_vocab)))
+        parts = []
+        for lo in range(0, int(resid.shape[0]), step):
+            x = resid[lo : lo + step].to(self.model.device).unsqueeze(1)
+            setattr(owner, name, nn.ModuleList([SkippedBlock() for _ in full[:-1]] + [EmitBlock(x)]))
+            try:
+                with torch.inference_mode():
+                    parts.append(self.bridge.run_with_hooks(x, fwd_hooks=[])[:, 0])
+            finally:
+                setattr(owner, name, full)
+        return torch.cat(parts)
 
     def _gather_hook(self, k: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         return gather_positions(self.end.repeat(k))

@@ -42,7 +42,7 @@ from headscope.circuits.graph import EdgeGraph
 from headscope.errors import HeadscopeError
 from headscope.patching.engine import PatchEngine, hook_alias
 
-INTERPOLATIONS = ("input", "activations")
+INTERPOLATIONS = ("input", "activations", "joint")
 GRIDS = ("clean_end", "corrupted_end")
 POSITIONS = ("sum", "each")
 RECEIVER_CHUNK = 64
@@ -95,6 +95,47 @@ def _leaf(value: torch.Tensor):  # noqa: ANN202
     return fn
 
 
+def activation_nodes(n_layers: int) -> list[str]:
+    """The node groups the ``activations`` mode interpolates one at a time, in the reference's order.
+
+    ``input``, then per layer ``a{l}`` (every head of the layer) and ``m{l}``: the reference's
+    ``nodeslist`` (``hannamw/EAP-IG`` ``src/eap/attribute.py`` L233-236).
+    """
+    return ["input"] + [f"{kind}{layer}" for layer in range(n_layers) for kind in "am"]
+
+
+def _constant(value: torch.Tensor):  # noqa: ANN202
+    """Hook: the activation becomes the constant ``value`` (no gradient path through it)."""
+
+    def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return value.to(x.device, x.dtype).detach().clone()
+
+    return fn
+
+
+def _interpolation_hooks(runs: EdgeRuns, n_layers: int, t: float, interpolation: str,
+                         node: str | None) -> list[tuple[str, Callable]]:
+    """Forward hooks of one run on the path, ``clean + t (corrupted - clean)`` (see the module docstring)."""
+    c, x = runs.clean, runs.corrupted
+
+    def point(act: str, layer: int) -> torch.Tensor:
+        return c.acts[(act, layer)] + t * (x.acts[(act, layer)] - c.acts[(act, layer)])
+
+    t_emb = t if interpolation in ("input", "joint") or node == "input" else 0.0
+    emb = c.resid_pre[0] + t_emb * (x.resid_pre[0] - c.resid_pre[0])
+    hooks: list[tuple[str, Callable]] = [(hook_alias("resid_pre", 0), _leaf(emb))]
+    if interpolation == "joint" and t != 0.0:
+        for layer in range(n_layers):
+            for act in ("z", "mlp_out"):
+                hooks.append((hook_alias(act, layer), _set_value(point(act, layer))))
+    if interpolation == "activations" and node not in (None, "input"):
+        # one node group held at its point as a constant, also at t = 0 (the clean end): the
+        # reference's output_interpolation_hook (L224-229) returns a tensor without a gradient path
+        act, layer = ("z" if node[0] == "a" else "mlp_out"), int(node[1:])
+        hooks.append((hook_alias(act, layer), _constant(point(act, layer))))
+    return hooks
+
+
 def receiver_grads(
     engine: PatchEngine,
     runs: EdgeRuns,
@@ -102,23 +143,22 @@ def receiver_grads(
     t: float,
     interpolation: str = "input",
     metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    node: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Gradients of the prompt-mean metric at every receiver input, at ``clean + t (corrupted - clean)``.
+
+    Args:
+        t: 0 is the clean run, 1 the corrupted one.
+        interpolation: ``input``, ``joint`` or ``activations`` (then ``node``, one of
+            :func:`activation_nodes`, is the node group interpolated, everything else clean).
 
     Returns:
         receiver key (``name<input>``) -> (n, pos, d_model) gradient at that input's residual.
     """
     model = engine.model
     metric = metric or engine.metric
-    c, x = runs.clean, runs.corrupted
     layers = range(model.n_layers)
-    emb = c.resid_pre[0] + t * (x.resid_pre[0] - c.resid_pre[0])
-    hooks: list[tuple[str, Callable]] = [(hook_alias("resid_pre", 0), _leaf(emb))]
-    if interpolation == "activations" and t != 0.0:
-        for layer in layers:
-            for act in ("attn_out", "mlp_out"):
-                target = c.acts[(act, layer)] + t * (x.acts[(act, layer)] - c.acts[(act, layer)])
-                hooks.append((hook_alias(act, layer), _set_value(target)))
+    hooks = _interpolation_hooks(runs, model.n_layers, t, interpolation, node)
     kept: dict[str, torch.Tensor] = {}
     resid: dict[str, torch.Tensor] = {}
     for layer in layers:
@@ -130,7 +170,10 @@ def receiver_grads(
         logits = engine._run(runs.clean_tokens.to(model.device), 0, hooks, k=1, from_tokens=True)
         value = metric(logits).mean()
         names = list(kept)
-        grads = dict(zip(names, torch.autograd.grad(value, [kept[k] for k in names]), strict=True))
+        # a held node group's own inputs do not reach the metric: their gradient is 0 (the
+        # reference's backward hooks do not fire there and add nothing)
+        got = torch.autograd.grad(value, [kept[k] for k in names], allow_unused=True)
+        grads = {k: torch.zeros_like(kept[k]) if g is None else g for k, g in zip(names, got, strict=True)}
     out: dict[str, torch.Tensor] = {"logits<in>": grads["final"].detach()}
     for layer in layers:
         out[f"m{layer}<in>"] = grads[f"mlp{layer}"].detach()
@@ -207,10 +250,13 @@ def edge_attribution(
     check_positions(positions)
     fn = metric_fn(engine, runs, metric)
     total: dict[str, torch.Tensor] = {}
-    for k in (range(1, steps + 1) if grid == "clean_end" else range(steps)):
-        t = 1.0 - k / steps  # corrupted + (k/steps)(clean - corrupted) = clean + t (corrupted - clean)
-        for key, g in receiver_grads(engine, runs, graph, t, interpolation, fn).items():
-            total[key] = total[key] + g if key in total else g.clone()
+    nodes: list[str | None] = activation_nodes(engine.model.n_layers) if interpolation == "activations" else [None]
+    for node in nodes:
+        for k in (range(1, steps + 1) if grid == "clean_end" else range(steps)):
+            t = 1.0 - k / steps  # corrupted + (k/steps)(clean - corrupted) = clean + t (corrupted - clean)
+            for key, g in receiver_grads(engine, runs, graph, t, interpolation, fn, node).items():
+                total[key] = total[key] + g if key in total else g.clone()
+    steps = steps * len(nodes)  # the reference divides by every run (L240, L253)
     s_index = {s.name: i for i, s in enumerate(graph.senders)}
     rows = torch.tensor([s_index[e.sender.name] for e in graph.edges])
     if positions == "sum":

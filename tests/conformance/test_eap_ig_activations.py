@@ -86,44 +86,43 @@ def raw_receiver_grads(raw: RawHF, batch: Any, receivers: list[Any],
     return {r.key: torch.zeros_like(eps[r.key]) if g is None else g for r, g in zip(receivers, grads, strict=True)}
 
 
-def reference_ig_activations(raw: RawHF, batch: Any, edges: list[Any], steps: int,
-                             alphas: list[float] | None = None) -> torch.Tensor:
-    """(len(edges),) the reference's EAP-IG-activations scores, by raw HF hooks."""
+def reference_ig_activations(raw: RawHF, batch: Any, edges: list[Any], steps: int, joint: bool = False) -> torch.Tensor:
+    """(len(edges),) the reference's EAP-IG-activations scores, by raw HF hooks.
+
+    ``joint``: instead, every group at each alpha at once, the value replaced but the gradient
+    path through the group kept (``x + (target - x).detach()``), averaged over the ``steps`` runs.
+    """
     clean, corr = raw.run(batch.clean), raw.run(batch.corrupted)
     deltas = sender_deltas(raw, batch.clean, batch.corrupted)
     receivers = list({e.receiver.key: e.receiver for e in edges}.values())
-    alphas = alphas if alphas is not None else [k / steps for k in range(1, steps + 1)]
+    alphas = [k / steps for k in range(1, steps + 1)]
 
-    def const(value: torch.Tensor):  # noqa: ANN202
-        return lambda *args: value.detach().clone()
+    def held(value: torch.Tensor):  # noqa: ANN202
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            return x + (value - x).detach() if joint else value.detach().clone()
 
-    def group(node: str, a: float) -> Callable[[], list[Any]]:
-        def register() -> list[Any]:
-            if node == "input":
-                value = a * clean.emb + (1 - a) * corr.emb
-                return [raw.layers[0].register_forward_pre_hook(_replace_input(const(value)), with_kwargs=True)]
-            layer = int(node[1:])
-            if node[0] == "a":  # every head's o_proj input: the post-attention norm is recomputed
-                z = a * clean.z[layer] + (1 - a) * corr.z[layer]
+        return fn
 
-                def pre(module: nn.Module, args: tuple) -> tuple:
-                    return (z.detach().clone().flatten(2), *args[1:])
-
-                return [raw.out_proj(layer).register_forward_pre_hook(pre)]
-            value = a * clean.mlp_add[layer] + (1 - a) * corr.mlp_add[layer]
-            module = raw.post_mlp_norm(layer) if raw.post_norms else raw.mlp(layer)
-            return [module.register_forward_hook(lambda m, i, o, v=value: v.detach().clone())]
-
-        return register
+    def group(node: str, a: float) -> list[Any]:
+        if node == "input":
+            value = a * clean.emb + (1 - a) * corr.emb
+            return [raw.layers[0].register_forward_pre_hook(_replace_input(held(value)), with_kwargs=True)]
+        layer = int(node[1:])
+        if node[0] == "a":  # every head's o_proj input: the post-attention norm is recomputed
+            z = held((a * clean.z[layer] + (1 - a) * corr.z[layer]).flatten(2))
+            return [raw.out_proj(layer).register_forward_pre_hook(lambda m, args, z=z: (z(args[0]), *args[1:]))]
+        value = held(a * clean.mlp_add[layer] + (1 - a) * corr.mlp_add[layer])
+        module = raw.post_mlp_norm(layer) if raw.post_norms else raw.mlp(layer)
+        return [module.register_forward_hook(lambda m, i, o, v=value: v(o))]
 
     nodes = ["input"] + [f"{kind}{layer}" for layer in range(raw.n_layers) for kind in "am"]
+    runs = [[(n, a)] for n in nodes for a in alphas] if not joint else [[(n, a) for n in nodes] for a in alphas]
     total = {r.key: torch.zeros(*batch.clean.shape, raw.d_model) for r in receivers}
-    for node in nodes:
-        for a in alphas:
-            for key, g in raw_receiver_grads(raw, batch, receivers, group(node, a)).items():
-                total[key] += g
-    runs = len(nodes) * len(alphas)
-    return torch.stack([(deltas[e.sender.name] * total[e.receiver.key]).sum() / runs for e in edges])
+    for run in runs:
+        register = lambda run=run: [h for n, a in run for h in group(n, a)]  # noqa: E731
+        for key, g in raw_receiver_grads(raw, batch, receivers, register).items():
+            total[key] += g
+    return torch.stack([(deltas[e.sender.name] * total[e.receiver.key]).sum() / len(runs) for e in edges])
 
 
 def _some_edges(graph: EdgeGraph) -> list[Any]:
@@ -139,17 +138,19 @@ def _some_edges(graph: EdgeGraph) -> list[Any]:
 def test_ig_activations_match_the_reference_procedure(fam, zoo_cache, prompts):
     """headscope's ``interpolation=activations`` equals the reference procedure done by hand on
     raw HF, per head on the post-norm families (Gemma-2, OLMo-2) where interpolating the
-    sublayer output instead would differ."""
+    sublayer output instead would differ; ``joint`` equals every group held at once with the
+    gradient paths kept."""
     pair, batch = zoo_cache[fam], prompts.batch
     engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
     graph = EdgeGraph.of(pair.hs)
     runs = prepare(engine, batch.clean, batch.corrupted, graph)
     edges = _some_edges(graph)
     idx = [graph.edges.index(e) for e in edges]
-    got = edge_attribution(engine, runs, graph, steps=3, interpolation="activations")[idx]
-    want = reference_ig_activations(pair.raw, batch, edges, steps=3)
-    assert want.abs().max() > 1e-2, "the reference scores should not vanish"
-    assert_close(got, want, f"{fam} EAP-IG activations vs raw reference per edge", tol=1e-4 + 1e-4 * float(want.abs().max()))
+    for mode in ("activations", "joint"):
+        got = edge_attribution(engine, runs, graph, steps=3, interpolation=mode)[idx]
+        want = reference_ig_activations(pair.raw, batch, edges, steps=3, joint=mode == "joint")
+        assert want.abs().max() > 1e-2, "the reference scores should not vanish"
+        assert_close(got, want, f"{fam} EAP-IG {mode} vs raw reference per edge", tol=1e-4 + 1e-4 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("interpolation", ["input", "joint", "activations"])

@@ -17,13 +17,56 @@ Under GQA a k/v input belongs to a KV head: its gradient sums over the query hea
 
 EAP-IG replaces the clean gradient by its average over ``steps`` points on a straight path
 between the runs: ``point_k = corrupted + (k / steps) (clean - corrupted)``, ``k = 1..steps``
-(the clean end included, the corrupted end not), so that ``steps=1`` is EAP. The authors' code
-(``hannamw/EAP-IG``, ``src/eap/attribute.py`` @62f83cd, ``get_scores_eap_ig``) uses the same
-points with ``k = 0..steps-1`` for input interpolation (the corrupted end included, the clean
-end not) and ``k = 1..steps`` in ``get_scores_ig_activations``; both grids converge to the same
-integral. The reference also ungroups GQA (``ungroup_grouped_query_attention``); headscope does not. ``interpolation="input"`` interpolates the embeddings (the paper's EAP-IG);
-``"activations"`` interpolates every sender's output (embedding, each attention and MLP sublayer
-output) at once (Marks et al. 2024's variant), keeping the gradient paths through the components.
+(the clean end included, the corrupted end not; ``grid="corrupted_end"``: ``k = 0..steps-1``).
+The reference ungroups GQA (``ungroup_grouped_query_attention``); headscope does not.
+Reference code: ``hannamw/EAP-IG``, ``src/eap/attribute.py`` @795f560 (the same logic at
+@62f83cd, 15 lines lower). Three interpolations:
+
+``interpolation="input"`` (the paper's EAP-IG, ``get_scores_eap_ig`` L102-183): the embeddings
+are interpolated (L149-154, there ``k = 0..steps-1``: ``grid="corrupted_end"``), everything
+downstream is recomputed, gradient paths kept; ``steps=1`` is EAP.
+
+``interpolation="activations"`` (``get_scores_ig_activations`` L185-255; the paper's EAP-IG
+defines only input interpolation, this variant is the code's ``EAP-IG-activations``):
+
+* node groups, **one at a time**, in the order ``input, a0, m0, a1, m1, ...`` (``nodeslist``
+  L233-236): the embedding (TransformerLens ``hook_embed``), every head of one layer at once
+  (``hook_result``: each head's ``z_h W_O^h``, forward index ``attn_slice=True``, graph.py
+  L287/L291) and one MLP (``hook_mlp_out``);
+* for each group and ``alpha = k / steps``, ``k = 1..steps`` (L239; the clean end included), a
+  clean run in which that group's output is **replaced by the constant** ``alpha clean + (1 -
+  alpha) corrupted`` (``output_interpolation_hook`` L224-229: the cached activations are
+  detached, ``utils.py`` L71, so no gradient flows through the held group, also at
+  ``alpha = 1``); every other node is **recomputed** from it (not held);
+* every run's gradient at **every** receiver input (``hook_q/k/v_input`` per head,
+  ``hook_mlp_in``, the final ``hook_resid_post``; ``make_hooks_and_matrices``'s backward hooks,
+  ``utils.py`` L87-136) is accumulated against the same ``corrupted - clean`` sender
+  differences, and the sum is divided by the number of runs ``(2 n_layers + 1) steps`` (L240,
+  L253). A held group's own inputs (its heads' q/k/v, its MLP's input) get gradient 0 in its runs.
+
+headscope holds a layer's heads at ``hook_z`` (``z = alpha z_clean + (1 - alpha) z_corrupted``
+for every head; ``z W_O`` is linear, so this is each head's ``z_h W_O^h`` interpolated) and an
+MLP at ``hook_mlp_out`` (what it adds to the residual; TransformerLens' ``hook_mlp_out`` is also
+after Gemma's post-MLP norm). Without post-attention norms, holding z equals holding the
+attention sublayer output. With them (Gemma-2/3, OLMo-2) the reference's ``hook_result`` sits
+before ``ln1_post``, which is recomputed from the interpolated heads: ``norm(interp(pre-norm
+sum))`` is not ``interp(norm(clean), norm(corrupted))``, which is what interpolating the
+sublayer output (headscope before this change) gave. Consequences of the reference's procedure,
+kept: ``steps=1`` is **not** EAP (every run cuts one group's path), and the scores are an
+average over groups, not a path integral of each edge: they do not converge to the edge's
+effect as ``steps`` grows (tests/conformance/test_eap_ig_activations.py gives the limit on a
+linear toy). One difference, not kept: in the reference's runs that hold the embedding,
+TransformerLens' backward hooks on layer 0's ``hook_q/k/v_input`` do not fire on rotary models
+(nothing upstream of them needs a gradient), so edges input -> layer-0 q/k/v miss those
+``steps`` runs' gradients there; headscope includes them (the embedding is a leaf).
+
+``interpolation="joint"`` (Marks et al. 2024's style, headscope's former ``activations``):
+every group at once (embedding, every head's z, every MLP output) at each point, the gradient
+paths through the components kept (the value replaced, ``x + (target - x).detach()``); a path
+integral: converges to the edge effect where the edge carries the whole effect.
+
+Cost: ``input`` and ``joint``: ``steps`` clean forward+backward passes (plus the per-layer
+q/k/v pull-back); ``activations``: ``(2 n_layers + 1) steps`` of them.
 
 Metrics: ``logit_diff`` (the task's metric at END) or ``kl`` (``-KL(clean || run)`` of the END
 next-token distribution, zero on the clean run: its gradient there vanishes, which is why
@@ -42,7 +85,7 @@ from headscope.circuits.graph import EdgeGraph
 from headscope.errors import HeadscopeError
 from headscope.patching.engine import PatchEngine, hook_alias
 
-INTERPOLATIONS = ("input", "activations")
+INTERPOLATIONS = ("input", "activations", "joint")
 GRIDS = ("clean_end", "corrupted_end")
 POSITIONS = ("sum", "each")
 RECEIVER_CHUNK = 64
@@ -95,6 +138,47 @@ def _leaf(value: torch.Tensor):  # noqa: ANN202
     return fn
 
 
+def activation_nodes(n_layers: int) -> list[str]:
+    """The node groups the ``activations`` mode interpolates one at a time, in the reference's order.
+
+    ``input``, then per layer ``a{l}`` (every head of the layer) and ``m{l}``: the reference's
+    ``nodeslist`` (``hannamw/EAP-IG`` ``src/eap/attribute.py`` L233-236).
+    """
+    return ["input"] + [f"{kind}{layer}" for layer in range(n_layers) for kind in "am"]
+
+
+def _constant(value: torch.Tensor):  # noqa: ANN202
+    """Hook: the activation becomes the constant ``value`` (no gradient path through it)."""
+
+    def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return value.to(x.device, x.dtype).detach().clone()
+
+    return fn
+
+
+def _interpolation_hooks(runs: EdgeRuns, n_layers: int, t: float, interpolation: str,
+                         node: str | None) -> list[tuple[str, Callable]]:
+    """Forward hooks of one run on the path, ``clean + t (corrupted - clean)`` (see the module docstring)."""
+    c, x = runs.clean, runs.corrupted
+
+    def point(act: str, layer: int) -> torch.Tensor:
+        return c.acts[(act, layer)] + t * (x.acts[(act, layer)] - c.acts[(act, layer)])
+
+    t_emb = t if interpolation in ("input", "joint") or node == "input" else 0.0
+    emb = c.resid_pre[0] + t_emb * (x.resid_pre[0] - c.resid_pre[0])
+    hooks: list[tuple[str, Callable]] = [(hook_alias("resid_pre", 0), _leaf(emb))]
+    if interpolation == "joint" and t != 0.0:
+        for layer in range(n_layers):
+            for act in ("z", "mlp_out"):
+                hooks.append((hook_alias(act, layer), _set_value(point(act, layer))))
+    if interpolation == "activations" and node not in (None, "input"):
+        # one node group held at its point as a constant, also at t = 0 (the clean end): the
+        # reference's output_interpolation_hook (L224-229) returns a tensor without a gradient path
+        act, layer = ("z" if node[0] == "a" else "mlp_out"), int(node[1:])
+        hooks.append((hook_alias(act, layer), _constant(point(act, layer))))
+    return hooks
+
+
 def receiver_grads(
     engine: PatchEngine,
     runs: EdgeRuns,
@@ -102,23 +186,22 @@ def receiver_grads(
     t: float,
     interpolation: str = "input",
     metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    node: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Gradients of the prompt-mean metric at every receiver input, at ``clean + t (corrupted - clean)``.
+
+    Args:
+        t: 0 is the clean run, 1 the corrupted one.
+        interpolation: ``input``, ``joint`` or ``activations`` (then ``node``, one of
+            :func:`activation_nodes`, is the node group interpolated, everything else clean).
 
     Returns:
         receiver key (``name<input>``) -> (n, pos, d_model) gradient at that input's residual.
     """
     model = engine.model
     metric = metric or engine.metric
-    c, x = runs.clean, runs.corrupted
     layers = range(model.n_layers)
-    emb = c.resid_pre[0] + t * (x.resid_pre[0] - c.resid_pre[0])
-    hooks: list[tuple[str, Callable]] = [(hook_alias("resid_pre", 0), _leaf(emb))]
-    if interpolation == "activations" and t != 0.0:
-        for layer in layers:
-            for act in ("attn_out", "mlp_out"):
-                target = c.acts[(act, layer)] + t * (x.acts[(act, layer)] - c.acts[(act, layer)])
-                hooks.append((hook_alias(act, layer), _set_value(target)))
+    hooks = _interpolation_hooks(runs, model.n_layers, t, interpolation, node)
     kept: dict[str, torch.Tensor] = {}
     resid: dict[str, torch.Tensor] = {}
     for layer in layers:
@@ -130,7 +213,10 @@ def receiver_grads(
         logits = engine._run(runs.clean_tokens.to(model.device), 0, hooks, k=1, from_tokens=True)
         value = metric(logits).mean()
         names = list(kept)
-        grads = dict(zip(names, torch.autograd.grad(value, [kept[k] for k in names]), strict=True))
+        # a held node group's own inputs do not reach the metric: their gradient is 0 (the
+        # reference's backward hooks do not fire there and add nothing)
+        got = torch.autograd.grad(value, [kept[k] for k in names], allow_unused=True)
+        grads = {k: torch.zeros_like(kept[k]) if g is None else g for k, g in zip(names, got, strict=True)}
     out: dict[str, torch.Tensor] = {"logits<in>": grads["final"].detach()}
     for layer in layers:
         out[f"m{layer}<in>"] = grads[f"mlp{layer}"].detach()
@@ -184,8 +270,12 @@ def edge_attribution(
 ) -> torch.Tensor:
     """EAP (``steps=1``) or EAP-IG scores of every edge of ``graph``.
 
-    ``grid``: ``clean_end`` (k = 1..steps) or ``corrupted_end`` (k = 0..steps-1, the reference's
-    input-interpolation grid).
+    ``interpolation``: ``input`` (embeddings), ``activations`` (the reference's
+    ``EAP-IG-activations``: one node group held at a time, ``(2 n_layers + 1) steps`` runs) or
+    ``joint`` (every sender output at once, gradient paths kept); see the module docstring.
+
+    ``grid``: ``clean_end`` (k = 1..steps; the reference's activations grid) or
+    ``corrupted_end`` (k = 0..steps-1, the reference's input-interpolation grid).
 
     ``positions``: ``sum`` (the edge's score summed over positions) or ``each`` (one score per
     token position ``p`` of the right-padded prompts: the estimate of patching the sender's
@@ -201,16 +291,19 @@ def edge_attribution(
     if steps < 1:
         raise HeadscopeError(f"steps must be at least 1 (EAP-IG uses 5 by default); got {steps}.")
     if interpolation not in INTERPOLATIONS:
-        raise HeadscopeError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}; got '{interpolation}'.")
+        raise HeadscopeError(f"interpolation must be one of {', '.join(INTERPOLATIONS)} (activations: hannamw/EAP-IG's one-group-at-a-time variant); got '{interpolation}'.")
     if grid not in GRIDS:
         raise HeadscopeError(f"grid must be one of {', '.join(GRIDS)}; got '{grid}'.")
     check_positions(positions)
     fn = metric_fn(engine, runs, metric)
     total: dict[str, torch.Tensor] = {}
-    for k in (range(1, steps + 1) if grid == "clean_end" else range(steps)):
-        t = 1.0 - k / steps  # corrupted + (k/steps)(clean - corrupted) = clean + t (corrupted - clean)
-        for key, g in receiver_grads(engine, runs, graph, t, interpolation, fn).items():
-            total[key] = total[key] + g if key in total else g.clone()
+    nodes: list[str | None] = activation_nodes(engine.model.n_layers) if interpolation == "activations" else [None]
+    for node in nodes:
+        for k in (range(1, steps + 1) if grid == "clean_end" else range(steps)):
+            t = 1.0 - k / steps  # corrupted + (k/steps)(clean - corrupted) = clean + t (corrupted - clean)
+            for key, g in receiver_grads(engine, runs, graph, t, interpolation, fn, node).items():
+                total[key] = total[key] + g if key in total else g.clone()
+    steps = steps * len(nodes)  # the reference divides by every run (L240, L253)
     s_index = {s.name: i for i, s in enumerate(graph.senders)}
     rows = torch.tensor([s_index[e.sender.name] for e in graph.edges])
     if positions == "sum":

@@ -182,7 +182,10 @@ def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", 
 
     Args:
         steps: points on the path (``corrupted + k/steps (clean - corrupted)``, k = 1..steps).
-        interpolation: ``input`` (embeddings) or ``activations`` (every sender's output).
+        interpolation: ``input`` (embeddings), ``activations`` (hannamw/EAP-IG's
+            ``get_scores_ig_activations``: the embedding, each layer's heads, each MLP held at
+            the point one group at a time, ``(2 n_layers + 1) steps`` runs) or ``joint`` (every
+            sender's output at once, gradient paths kept); see :mod:`headscope.circuits.attribution`.
         metric: ``logit_diff`` or ``kl``.
         top_edges, threshold: the circuit flag.
         grid: ``clean_end`` (k = 1..steps: steps=1 is EAP) or ``corrupted_end`` (k = 0..steps-1,

@@ -149,7 +149,8 @@ def test_recipe_runs_on_smollm2(name, smollm2, tmp_path):
         scores = read_edge_scores(path) if step_id in circuit_steps else read_parquet(path)
         assert scores.provenance["recipe"]["step"] == step_id and len(scores)
     page = result.report.read_text()
-    assert page.count('class="plotly-graph-div"') >= len(recipe.steps) and recipe.title in page
+    # one figure per analyzer step; circuit steps are drawn by the recipe's `edges` figures
+    assert page.count('class="plotly-graph-div"') >= len(recipe.steps) - len(circuit_steps) and recipe.title in page
     if name == "ioi_circuit":
         classes = read_parquet(result.paths["head_classes"])
         assert (classes["head_class"] != "").any()
@@ -166,6 +167,7 @@ def test_recipe_runs_on_smollm2(name, smollm2, tmp_path):
             return set(t["sender"] + ">" + t["receiver"] + ":" + t["receiver_input"])
 
         assert keys(checked) == keys(eap_ig.top(n_cand))
+        assert "edge circuit: verified" in page and "edge circuit: composition" in page
 
 
 def test_toml_recipes_parse_like_yaml(tmp_path):

@@ -182,28 +182,16 @@ def start_groups(starts: Sequence[int], n_layers: int, slice_tokens: float, over
     Returns:
         lists of edge indices, one per forward, in increasing start block.
     """
+    from headscope.patching.grouping import cheapest_cuts
+
     order = sorted(range(len(starts)), key=lambda i: starts[i])
     values = sorted(set(starts))
     counts = [sum(1 for s in starts if s == v) for v in values]
-    m = len(values)
-    best = [0.0] + [float("inf")] * m
-    cut = [0] * (m + 1)
-    for j in range(1, m + 1):
-        edges = 0
-        for i in range(j, 0, -1):  # the last group is values[i-1 .. j-1]
-            edges += counts[i - 1]
-            forwards = -(-edges // step)
-            cost = best[i - 1] + (n_layers - values[i - 1]) * (forwards * overhead + edges * slice_tokens)
-            if cost < best[j]:
-                best[j], cut[j] = cost, i - 1
-    bounds = []
-    j = m
-    while j > 0:
-        bounds.append((cut[j], j))
-        j = cut[j]
+    bounds = cheapest_cuts(counts, lambda i, j, edges: (n_layers - values[i])
+                           * (-(-edges // step) * overhead + edges * slice_tokens))
     out: list[list[int]] = []
     lo = 0
-    for i, j in reversed(bounds):
+    for i, j in bounds:
         size = sum(counts[i:j])
         group = order[lo : lo + size]
         out += [group[a : a + step] for a in range(0, size, step)]

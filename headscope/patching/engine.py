@@ -399,27 +399,14 @@ class PatchEngine:
         contiguous runs of sorted END values chosen to minimise ``forwards * overhead +
         k * computed tokens`` (an exact O(m^2) dynamic programme over the m distinct ENDs).
         """
+        from headscope.patching.grouping import cheapest_cuts
+
         ends = self.end.cpu()
         values = sorted(set(ends.tolist()))
         counts = [int((ends == v).sum()) for v in values]
-        m = len(values)
-        best = [0.0] + [float("inf")] * m
-        cut = [0] * (m + 1)
-        for j in range(1, m + 1):
-            rows = 0
-            for i in range(j, 0, -1):  # the last group is values[i-1 .. j-1]
-                rows += counts[i - 1]
-                cost = best[i - 1] + self.forward_overhead_tokens + k * rows * (values[j - 1] + 1 - prefix)
-                if cost < best[j]:
-                    best[j], cut[j] = cost, i - 1
-        groups = []
-        j = m
-        while j > 0:
-            i = cut[j]
-            members = torch.isin(ends, torch.tensor(values[i:j])).nonzero().flatten()
-            groups.append((members, values[j - 1] + 1))
-            j = i
-        return groups[::-1]
+        bounds = cheapest_cuts(counts, lambda i, j, rows: self.forward_overhead_tokens
+                               + k * rows * (values[j - 1] + 1 - prefix))
+        return [(torch.isin(ends, torch.tensor(values[i:j])).nonzero().flatten(), values[j - 1] + 1) for i, j in bounds]
 
     def _edit_hook(self, edit_list: list[Edit], k: int, n: int, captured: dict | None = None,
                    cap: tuple[str, int] | None = None) -> Callable[[torch.Tensor, Any], torch.Tensor]:

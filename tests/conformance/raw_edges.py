@@ -109,3 +109,18 @@ def edge_logits(raw: RawHF, clean: torch.Tensor, delta: torch.Tensor, kind: str,
         return raw.run(clean).logits
     finally:
         handle.remove()
+
+
+class FixedTask:
+    """A contrastive task serving a fixed batch (the conformance prompts)."""
+
+    name = "conformance"
+
+    def __init__(self, batch) -> None:  # noqa: ANN001
+        self._batch = batch
+
+    def batch(self, model):  # noqa: ANN001, ANN201
+        return self._batch
+
+    def describe(self) -> dict:
+        return {"name": self.name}

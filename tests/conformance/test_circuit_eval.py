@@ -22,23 +22,8 @@ from headscope.patching import PatchEngine
 from headscope.results.edge_scores import EdgeScores
 
 from .conftest import assert_close
-from .raw_edges import _replace_input, sender_deltas
+from .raw_edges import FixedTask, _replace_input, sender_deltas
 from .raw_hf import RawHF, logit_diff
-
-
-class _FixedTask:
-    """A contrastive task serving a fixed batch."""
-
-    name = "fixed"
-
-    def __init__(self, batch) -> None:  # noqa: ANN001
-        self._batch = batch
-
-    def batch(self, model):  # noqa: ANN001, ANN201
-        return self._batch
-
-    def describe(self) -> dict:
-        return {"name": self.name}
 
 
 def raw_knockout(raw: RawHF, batch, removed: set[str], mean: bool = False) -> float:  # noqa: ANN001
@@ -69,7 +54,7 @@ def raw_knockout(raw: RawHF, batch, removed: set[str], mean: bool = False) -> fl
 
 
 def table_of(graph: EdgeGraph, keep: torch.Tensor) -> EdgeScores:
-    return EdgeScores.from_edges(graph.edges, keep.float().tolist(), keep.tolist(), model="m", task="fixed", method="hand")
+    return EdgeScores.from_edges(graph.edges, keep.float().tolist(), keep.tolist(), model="m", task="conformance", method="hand")
 
 
 @pytest.mark.parametrize("fam", ["gpt2", "llama"])
@@ -145,7 +130,7 @@ def test_circuit_faithfulness_matches_raw(fam, zoo_cache, prompts):
     pair = zoo_cache[fam]
     batch, raw = prompts.batch, pair.raw
     graph = EdgeGraph.of(pair.hs)
-    task = _FixedTask(batch)
+    task = FixedTask(batch)
     metric = lambda logits: float(logit_diff(logits, batch.end, batch.answer, batch.wrong).mean())  # noqa: E731
     clean, corrupted = metric(raw.run(batch.clean).logits), metric(raw.run(batch.corrupted).logits)
     deltas = sender_deltas(raw, batch.clean, batch.corrupted)

@@ -17,7 +17,7 @@ from headscope.circuits.graph import EdgeGraph
 from headscope.patching import PatchEngine
 
 from .conftest import REFUSED, assert_close
-from .raw_edges import edge_logits, layer_inputs, sender_deltas
+from .raw_edges import FixedTask, edge_logits, layer_inputs, sender_deltas
 from .raw_hf import logit_diff
 
 
@@ -186,21 +186,6 @@ def test_composition_scores_match_a_hand_formula(fam, zoo_cache):
     assert_close(got, torch.tensor(want), "composition scores (edge)", tol=1e-4)
 
 
-class _FixedTask:
-    """The conformance prompts as a contrastive task."""
-
-    name = "conformance"
-
-    def __init__(self, batch) -> None:  # noqa: ANN001
-        self._batch = batch
-
-    def batch(self, model):  # noqa: ANN001, ANN201
-        return self._batch
-
-    def describe(self) -> dict:
-        return {"name": self.name}
-
-
 METHOD_OPTIONS = {"eap": {}, "eap_ig": {"steps": 2}, "exact": {}, "verified": {"candidates": 4, "curve": False},
                   "composition": {}, "routes": {}}
 VARIANTS = [("eap", {"positions": "each"}), ("eap_ig", {"steps": 2, "positions": "each"}), ("routes", {"level": "token"})]
@@ -215,7 +200,7 @@ def test_every_circuit_method_runs(family, pair, prompts, hs_call, tmp_path):
     from headscope.results.edge_scores import read_edge_scores
 
     load_builtin_methods()
-    task = _FixedTask(prompts.batch)
+    task = FixedTask(prompts.batch)
     runs = [(name, METHOD_OPTIONS.get(name, {})) for name in CIRCUIT_METHODS] + VARIANTS
     for i, (name, opts) in enumerate(runs):
         res = hs_call(lambda name=name, opts=opts: run_circuit_method(name, pair.hs, task, **opts))

@@ -11,6 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from cli_harness import run_main
 
 import headscope as hs  # noqa: E402
 from headscope.circuits.graph import EdgeGraph  # noqa: E402
@@ -104,16 +105,6 @@ def test_overlap_of_hand_made_circuits():
     assert got["edges_only_a"] == ["input->a0.h0<q>"] and got["edges_only_b"] == ["m0->logits<in>"]
 
 
-def _main(args, capsys):  # noqa: ANN001, ANN202
-    from headscope.cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_evaluate_reports_and_records_the_source_task(toy, tmp_path, capsys):
@@ -125,7 +116,7 @@ def test_cli_evaluate_reports_and_records_the_source_task(toy, tmp_path, capsys)
     nodes 1 of 2)."""
     model, task, graph = toy
     src = edge_table(graph, PLANTED).to_parquet(tmp_path / "planted.parquet")
-    code, out, err = _main(["circuit", "evaluate", str(src), "-o", "sizes=4", "-o", "samples=1", "-o", "greedy=0",
+    code, out, err = run_main(["circuit", "evaluate", str(src), "-o", "sizes=4", "-o", "samples=1", "-o", "greedy=0",
                             "--out", str(tmp_path / "ev.json")], capsys)
     assert code == 0, err
     assert "faithfulness 1.00" in out and "completeness" in out and "minimality" in out
@@ -137,7 +128,7 @@ def test_cli_evaluate_reports_and_records_the_source_task(toy, tmp_path, capsys)
     assert faith == pytest.approx(1.0, abs=0.02)
     other = edge_table(graph, PLANTED, task="ioi").to_parquet(tmp_path / "from_ioi.parquet")
     ref = edge_table(graph, NO_PREV).to_parquet(tmp_path / "own.parquet")
-    code, out, err = _main(["circuit", "evaluate", str(other), "--task", "induction_contrast", "-o", "n_prompts=4",
+    code, out, err = run_main(["circuit", "evaluate", str(other), "--task", "induction_contrast", "-o", "n_prompts=4",
                             "--reference", str(ref),
                             "-o", "seq_len=6", "-o", "curve=false", "-o", "samples=0", "-o", "greedy=0",
                             "--out", str(tmp_path / "cross.parquet")], capsys)
@@ -163,7 +154,7 @@ def test_cli_compare_edge_tables(toy, tmp_path, capsys):
     _, _, graph = toy
     a = edge_table(graph, PLANTED).to_parquet(tmp_path / "a.parquet")
     b = edge_table(graph, NO_PREV).to_parquet(tmp_path / "b.parquet")
-    code, out, err = _main(["compare", str(a), str(b), "--csv", str(tmp_path / "e.csv")], capsys)
+    code, out, err = run_main(["compare", str(a), str(b), "--csv", str(tmp_path / "e.csv")], capsys)
     assert code == 0, err
     lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in out.splitlines()
              if line.startswith("│")}
@@ -203,7 +194,7 @@ def test_cli_bad_inputs_are_one_line(make, message, toy, tmp_path, capsys):
     per_position = edge_table(graph, PLANTED)
     per_position["position"] = 0
     per_position.to_parquet(tmp_path / "positions.parquet")
-    code, out, err = _main(make(tmp_path), capsys)
+    code, out, err = run_main(make(tmp_path), capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
 

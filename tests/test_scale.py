@@ -14,6 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np
 import pytest
 import torch
+from cli_harness import run_main
 
 import headscope
 from headscope.analyzers import run_analyzer
@@ -126,14 +127,8 @@ def test_too_many_shards_and_unshardable_analyzer(toy, contrast):
 
 # ---------------------------------------------------------------- CLI: --shard, merge, refusals
 def cli(args, capsys):
-    from headscope.cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err.strip()
+    code, _, err = run_main(args, capsys)
+    return code, err.strip()
 
 
 SCORE = ["score", "--model", "toy-induction", "--task", "induction_contrast", "-a", "path_patching",

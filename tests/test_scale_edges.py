@@ -17,6 +17,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from cli_harness import run_main
 
 import headscope
 from headscope.circuits.graph import EdgeGraph
@@ -109,14 +110,8 @@ def test_exact_receiver_layers_and_unshardable_methods(zoo, contrast):
 
 # ---------------------------------------------------------------- CLI: --shard, merge, refusals
 def cli(args, capsys):
-    from headscope.cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err.strip()
+    code, _, err = run_main(args, capsys)
+    return code, err.strip()
 
 
 CIRCUIT = ["circuit", "--model", "zoo-llama", "--task", "induction_contrast", "--method", "exact",

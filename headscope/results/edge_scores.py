@@ -19,19 +19,14 @@ from typing import Any
 import pandas as pd
 
 from headscope.errors import HeadscopeError
+from headscope.results.frame import ProvenanceFrame
 from headscope.results.head_scores import METADATA_KEY, write_parquet
 
 EDGE_COLUMNS = ("model", "task", "method", "sender", "receiver", "receiver_input", "score", "circuit")
 
 
-class EdgeScores(pd.DataFrame):
+class EdgeScores(ProvenanceFrame):
     """Tidy per-edge scores. See the module docstring for the schema."""
-
-    _metadata: list[str] = []
-
-    @property
-    def _constructor(self) -> type[EdgeScores]:
-        return EdgeScores
 
     @classmethod
     def from_edges(cls, edges: list[Any], scores: Any, circuit: Any, *, model: str, task: str, method: str,
@@ -56,14 +51,6 @@ class EdgeScores(pd.DataFrame):
         if provenance is not None:
             out.provenance = provenance
         return out
-
-    @property
-    def provenance(self) -> dict[str, Any]:
-        return self.attrs.setdefault("provenance", {})
-
-    @provenance.setter
-    def provenance(self, value: dict[str, Any]) -> None:
-        self.attrs["provenance"] = dict(value)
 
     def top(self, k: int = 10) -> EdgeScores:
         """The ``k`` rows (edges, or (edge, position) pairs) with the largest ``|score|``."""

@@ -17,6 +17,7 @@ import pandas as pd
 
 from headscope.errors import HeadscopeError
 from headscope.results.atomic import atomic_write
+from headscope.results.frame import ProvenanceFrame
 
 REQUIRED_COLUMNS = ("model", "task", "analyzer", "metric", "layer", "head", "score")
 OPTIONAL_COLUMNS = ("kv_head", "position", "stderr", "n")
@@ -39,14 +40,8 @@ def write_parquet(frame: pd.DataFrame, provenance: dict[str, Any], path: str | P
     return target
 
 
-class HeadScores(pd.DataFrame):
+class HeadScores(ProvenanceFrame):
     """Tidy per-head scores. See the module docstring for the schema."""
-
-    _metadata: list[str] = []
-
-    @property
-    def _constructor(self) -> type[HeadScores]:
-        return HeadScores
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -96,14 +91,6 @@ class HeadScores(pd.DataFrame):
         return out
 
     # ------------------------------------------------------------------ provenance
-    @property
-    def provenance(self) -> dict[str, Any]:
-        return self.attrs.setdefault("provenance", {})
-
-    @provenance.setter
-    def provenance(self, value: dict[str, Any]) -> None:
-        self.attrs["provenance"] = dict(value)
-
     # ------------------------------------------------------------------ views
     @property
     def metrics(self) -> list[str]:

@@ -20,10 +20,19 @@ Computed block by block on the clean tokens, up to three single-block forwards p
 3. the block with the q/k/v written in and the MLP input shifted by its removed edges'
    deltas; it yields the MLP's difference and the next residual (the last block runs on to the
    logits, the final residual shifted by the logits' deltas).
+
+**Restarting at a layer.** A run's inputs to layer ``L`` depend only on the removed edges into
+receivers of layers before ``L``. A run can record them (:class:`GraphPrefix`: the residual
+entering each layer and every sender's difference), and a later run whose removals differ only
+in receivers of layers ``>= L`` restarts there instead of at the embedding. ACDC's order (the
+logits first, then receivers layer by layer back to the embedding) changes only such receivers,
+so greedy pruning runs one full pass and then, per trial removal, the layers from the
+receiver's on (:func:`headscope.circuits.prune.greedy_prune`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -70,9 +79,43 @@ def _swap_head_z(corrupt_z: torch.Tensor, n_heads: int):  # noqa: ANN202
     return fn
 
 
+@dataclass
+class GraphPrefix:
+    """What a run of :func:`graph_metric` computed before each layer, for restarting there.
+
+    Attributes:
+        resid: the residual entering each layer, ``resid[l]`` (n, pos, d_model).
+        deltas: each sender's corrupted-minus-current output difference (n, pos, d_model), by
+            sender name (``input``, ``a{l}.h{h}``, ``m{l}``).
+        removed: the removal set (E,) of the run that recorded them.
+    """
+
+    resid: list[torch.Tensor] = field(default_factory=list)
+    deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+    removed: torch.Tensor | None = None
+
+
+def restart_layer(graph: EdgeGraph, removed: torch.Tensor, prefix: GraphPrefix) -> int:
+    """The first layer whose inputs differ between ``prefix``'s run and a run removing ``removed`` (E,).
+
+    That is the lowest layer of a receiver whose removed edges differ (the logits count as the
+    last block, which ends in them); ``n_layers`` when the sets are equal.
+    """
+    assert prefix.removed is not None
+    n_layers = len(prefix.resid)
+    changed = (removed != prefix.removed).nonzero().flatten().tolist()
+    return min((min(graph.edges[i].receiver.layer, n_layers - 1) for i in changed), default=n_layers)
+
+
 @torch.inference_mode()
-def graph_metric(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, removed: torch.Tensor) -> torch.Tensor:
+def graph_metric(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, removed: torch.Tensor,
+                 record: GraphPrefix | None = None, start: GraphPrefix | None = None) -> torch.Tensor:
     """Per-prompt metric of the clean run with the edges where ``removed`` (E,) is True patched.
+
+    Args:
+        record: filled with this run's per-layer inputs (see :class:`GraphPrefix`).
+        start: a recorded run to restart from, at :func:`restart_layer` (the result is the same as
+            a run from the embedding; only the layers before that one are skipped).
 
     Returns:
         (n,) metric values (the engine's metric at END).
@@ -90,8 +133,18 @@ def graph_metric(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, removed:
         return None if not names else torch.stack([deltas[s] for s in names]).sum(0)
 
     resid = c.resid_pre[0]
+    first = 0
+    if start is not None:
+        first = min(restart_layer(graph, removed, start), model.n_layers - 1)
+        resid, deltas = start.resid[first], dict(start.deltas)
+    if record is not None:
+        record.resid, record.deltas, record.removed = [], deltas, removed.clone()
+        if start is not None:
+            record.resid = start.resid[:first]
     metric: torch.Tensor | None = None
-    for layer in range(model.n_layers):
+    for layer in range(first, model.n_layers):
+        if record is not None:
+            record.resid.append(resid)
         stop = _stop(model, layer)
         heads = [r for r in graph.receivers if r.kind == "head" and r.layer == layer and r.key in into]
         hooks: list[tuple[str, Any]] = []

@@ -12,7 +12,8 @@
    before the removal, else keep it. ACDC's reference implementation compares the KL divergence
    to the clean run before and after each removal (``ArthurConmy/Automatic-Circuit-Discovery``,
    ``acdc/TLACDCExperiment.py``, ``step``); here the metric is the task's (logit difference, or
-   ``-KL`` with ``metric=kl``).
+   ``-KL`` with ``metric=kl``). Each trial reruns the model only from its receiver's layer on
+   (:func:`.patched_graph.restart_layer`): in this order no removal changes the layers before it.
 4. **Faithfulness** of an edge set ``C`` (Wang et al. 2022; Hanna et al. 2024):
    ``(M(C) - M(corrupted)) / (M(clean) - M(corrupted))`` with every edge outside ``C`` removed;
    a curve over the top-k edges of the ranking, and the same for random edge sets of each size
@@ -28,7 +29,7 @@ import torch
 from headscope.circuits.exact import EdgeRuns, exact_edge_effects
 from headscope.circuits.graph import EdgeGraph
 from headscope.circuits.methods import register_circuit_method, result, setup
-from headscope.circuits.patched_graph import graph_metric
+from headscope.circuits.patched_graph import GraphPrefix, graph_metric
 from headscope.errors import HeadscopeError
 from headscope.patching.attribution import rank_correlation
 from headscope.patching.engine import PatchEngine
@@ -89,7 +90,8 @@ def greedy_prune(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, keep: to
         (the kept edges (E,) bool, the number of removals tried).
     """
     keep = keep.clone()
-    current = float(graph_metric(engine, runs, graph, ~keep).mean())
+    base = GraphPrefix()
+    current = float(graph_metric(engine, runs, graph, ~keep, record=base).mean())
     receivers = {r.key: i for i, r in enumerate(graph.receivers)}
     senders = {s.name: i for i, s in enumerate(graph.senders)}
     order = sorted((i for i in range(len(graph.edges)) if keep[i]),
@@ -97,7 +99,7 @@ def greedy_prune(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, keep: to
     for i in order:
         trial = keep.clone()
         trial[i] = False
-        value = float(graph_metric(engine, runs, graph, ~trial).mean())
+        value = float(graph_metric(engine, runs, graph, ~trial, start=base).mean())
         if abs(value - current) < threshold:
             keep, current = trial, value
     return keep, len(order)

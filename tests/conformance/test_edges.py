@@ -85,9 +85,11 @@ def test_eap_is_the_edge_derivative(family, pair, prompts, hs_call):
 @pytest.mark.capability("circuit_evaluation")
 def test_removed_edges_interpolate_clean_and_corrupted(family, pair, prompts, hs_call):
     """The model with edges removed (patched to the corrupted run, ACDC semantics): none removed is
-    the raw clean run; one removed is raw edge patching of that edge; all removed is the raw
-    corrupted run (families without post-norms, where head outputs sum to the sublayer output)."""
-    from headscope.circuits.patched_graph import graph_metric
+    the raw clean run; one removed is raw edge patching of that edge, run from the embedding and
+    restarted at the edge's receiver layer from the recorded clean pass (as greedy pruning does);
+    all removed is the raw corrupted run (families without post-norms, where head outputs sum to
+    the sublayer output)."""
+    from headscope.circuits.patched_graph import GraphPrefix, graph_metric
 
     batch, raw = prompts.batch, pair.raw
     engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
@@ -98,7 +100,9 @@ def test_removed_edges_interpolate_clean_and_corrupted(family, pair, prompts, hs
     metric = lambda toks: logit_diff(raw.run(toks).logits, batch.end, batch.answer, batch.wrong)  # noqa: E731
     n_edges = len(graph.edges)
     none = torch.zeros(n_edges, dtype=torch.bool)
-    assert_close(graph_metric(engine, runs, graph, none), metric(batch.clean), "no edge removed vs raw clean run")
+    clean_pass = GraphPrefix()
+    assert_close(graph_metric(engine, runs, graph, none, record=clean_pass), metric(batch.clean),
+                 "no edge removed vs raw clean run")
     if not raw.post_norms:
         assert_close(graph_metric(engine, runs, graph, ~none), metric(batch.corrupted), "all edges removed vs raw corrupted run")
     pick = list(range(0, n_edges, max(1, n_edges // 8)))
@@ -107,6 +111,18 @@ def test_removed_edges_interpolate_clean_and_corrupted(family, pair, prompts, hs
         one = none.clone()
         one[i] = True
         assert_close(graph_metric(engine, runs, graph, one), want[j], f"only {graph.edges[i].key} removed vs raw edge patching")
+        assert_close(graph_metric(engine, runs, graph, one, start=clean_pass), want[j],
+                     f"only {graph.edges[i].key} removed, restarted at layer {graph.edges[i].receiver.layer}, vs raw edge patching")
+    # pruning's case: the recorded pass already removes edges (every edge into layer 0), the trial one
+    # more downstream; restarted from the record it equals the run from the embedding (checked above)
+    upstream_removed = torch.tensor([e.receiver.layer == 0 for e in graph.edges])
+    upstream = GraphPrefix()
+    graph_metric(engine, runs, graph, upstream_removed, record=upstream)
+    for i in (i for i in pick if graph.edges[i].receiver.layer >= 1):
+        trial = upstream_removed.clone()
+        trial[i] = True
+        assert_close(graph_metric(engine, runs, graph, trial, start=upstream), graph_metric(engine, runs, graph, trial),
+                     f"layer-0 inputs and {graph.edges[i].key} removed: restarted vs from the embedding")
 
 
 def _hf_head_weights(raw, layer: int) -> dict[str, list[torch.Tensor]]:

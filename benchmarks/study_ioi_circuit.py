@@ -128,7 +128,12 @@ def main() -> None:
         t0 = time.perf_counter()
         cand = torch.zeros(n_edges, dtype=torch.bool)
         cand[ig.abs().argsort(descending=True, stable=True)[:n_cand]] = True
-        kept, tried = greedy_prune(engine, runs, graph, cand, thr)
+        def tick(done: int, total: int, kept: int, t0: float = t0, n_cand: int = n_cand) -> None:
+            if done % 10 == 0 or done == total:
+                print(f"  pruning top-{n_cand}: {done}/{total} removals tried, {kept} edges kept, "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+        kept, tried = greedy_prune(engine, runs, graph, cand, thr, progress=tick)
         n_kept = int(kept.sum())
         gen = torch.Generator().manual_seed(args.seed)
         rand = []

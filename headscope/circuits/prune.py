@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -82,9 +83,12 @@ def faithfulness_curve(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, sc
     return out
 
 
-def greedy_prune(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, keep: torch.Tensor, threshold: float
-                 ) -> tuple[torch.Tensor, int]:
+def greedy_prune(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, keep: torch.Tensor, threshold: float,
+                 progress: Callable[[int, int, int], None] | None = None) -> tuple[torch.Tensor, int]:
     """ACDC-style greedy removal over the edges in ``keep`` (see the module docstring).
+
+    Args:
+        progress: called after each trial with (trials done, trials in all, edges kept so far).
 
     Returns:
         (the kept edges (E,) bool, the number of removals tried).
@@ -96,12 +100,14 @@ def greedy_prune(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, keep: to
     senders = {s.name: i for i, s in enumerate(graph.senders)}
     order = sorted((i for i in range(len(graph.edges)) if keep[i]),
                    key=lambda i: (-receivers[graph.edges[i].receiver.key], -senders[graph.edges[i].sender.name]))
-    for i in order:
+    for done, i in enumerate(order, 1):
         trial = keep.clone()
         trial[i] = False
         value = float(graph_metric(engine, runs, graph, ~trial, start=base).mean())
         if abs(value - current) < threshold:
             keep, current = trial, value
+        if progress is not None:
+            progress(done, len(order), int(keep.sum()))
     return keep, len(order)
 
 

@@ -145,6 +145,7 @@ def main() -> None:
                "candidates_faithfulness": faithfulness(engine, runs, graph, cand),
                "pruned_faithfulness": faithfulness(engine, runs, graph, kept),
                "random_mean": float(torch.tensor(rand).mean()) if rand else float("nan"),
+               "kept_edges": [graph.edges[i].key for i in kept.nonzero().flatten().tolist()],
                "seconds": time.perf_counter() - t0}
         pruned_rows.append(row)
         print(f"pruned top-{n_cand}: kept {n_kept} edges, faithfulness {row['pruned_faithfulness']:.3f} "

@@ -105,8 +105,6 @@ def test_overlap_of_hand_made_circuits():
     assert got["edges_only_a"] == ["input->a0.h0<q>"] and got["edges_only_b"] == ["m0->logits<in>"]
 
 
-
-
 def test_cli_evaluate_reports_and_records_the_source_task(toy, tmp_path, capsys):
     """``headscope circuit evaluate`` on the planted circuit: the table's model and task (with the
     task parameters of its provenance) by default; JSON summary with faithfulness ~1 and
@@ -117,7 +115,7 @@ def test_cli_evaluate_reports_and_records_the_source_task(toy, tmp_path, capsys)
     model, task, graph = toy
     src = edge_table(graph, PLANTED).to_parquet(tmp_path / "planted.parquet")
     code, out, err = run_main(["circuit", "evaluate", str(src), "-o", "sizes=4", "-o", "samples=1", "-o", "greedy=0",
-                            "--out", str(tmp_path / "ev.json")], capsys)
+                               "--out", str(tmp_path / "ev.json")], capsys)
     assert code == 0, err
     assert "faithfulness 1.00" in out and "completeness" in out and "minimality" in out
     doc = json.loads((tmp_path / "ev.json").read_text())
@@ -129,9 +127,9 @@ def test_cli_evaluate_reports_and_records_the_source_task(toy, tmp_path, capsys)
     other = edge_table(graph, PLANTED, task="ioi").to_parquet(tmp_path / "from_ioi.parquet")
     ref = edge_table(graph, NO_PREV).to_parquet(tmp_path / "own.parquet")
     code, out, err = run_main(["circuit", "evaluate", str(other), "--task", "induction_contrast", "-o", "n_prompts=4",
-                            "--reference", str(ref),
-                            "-o", "seq_len=6", "-o", "curve=false", "-o", "samples=0", "-o", "greedy=0",
-                            "--out", str(tmp_path / "cross.parquet")], capsys)
+                               "--reference", str(ref),
+                               "-o", "seq_len=6", "-o", "curve=false", "-o", "samples=0", "-o", "greedy=0",
+                               "--out", str(tmp_path / "cross.parquet")], capsys)
     assert code == 0, err
     assert "cross-task" in out
     import pyarrow.parquet as pq

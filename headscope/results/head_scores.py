@@ -90,7 +90,6 @@ class HeadScores(ProvenanceFrame):
         out.provenance = prov
         return out
 
-    # ------------------------------------------------------------------ provenance
     # ------------------------------------------------------------------ views
     @property
     def metrics(self) -> list[str]:

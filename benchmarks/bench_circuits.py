@@ -156,11 +156,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     import headscope
-    from headscope.analyzers.activation_patching import engine_for
     from headscope.circuits.attribution import edge_attribution
     from headscope.circuits.exact import exact_edge_effects, prepare
     from headscope.circuits.graph import EdgeGraph
     from headscope.patching.attribution import rank_correlation
+    from headscope.patching.engine import engine_for
     from headscope.tasks import make_task
 
     model = headscope.load_model(args.model)

@@ -6,6 +6,7 @@
 >>> scores.top(5, metric="induction")
 >>> scores.to_parquet("induction.parquet")
 >>> hs.plots.head_heatmap(scores, metric="induction").show()
+>>> edges = hs.circuit(model, "ioi", method="eap_ig", steps=5)   # EdgeScores
 >>> hs.verify_model(model).to_frame()               # headscope vs an independent raw HF copy
 """
 
@@ -13,17 +14,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
 from headscope.analyzers import ANALYZERS, get_analyzer, register_analyzer, run_analyzer
 from headscope.errors import HeadscopeError
+from headscope.methods import register_method
 from headscope.models import Model, load_model
 from headscope.results import HeadScores, read_parquet
 from headscope.tasks import TASKS, make_task, register_task
 from headscope.trace import Trace, trace
+from headscope.version import __version__ as __version__
 
 __all__ = [
     "ANALYZERS",
+    "circuit",
     "TASKS",
     "HeadScores",
     "HeadscopeError",
@@ -34,6 +36,7 @@ __all__ = [
     "make_task",
     "read_parquet",
     "register_analyzer",
+    "register_method",
     "register_task",
     "run_analyzer",
     "score",
@@ -48,7 +51,8 @@ def score(
     task_params: dict[str, Any] | None = None,
     **options: Any,
 ) -> HeadScores:
-    """Score heads: resolve the model and task by name if needed, then run the analyzer.
+    """Score heads: plan the call (method, options, task: checked before the model loads), load
+    the model if given by name, and run the analyzer (:mod:`headscope.plan`).
 
     Args:
         model: a loaded :class:`Model` or a spec for :func:`load_model`.
@@ -57,37 +61,36 @@ def score(
         task_params: parameters for the task factory when ``task`` is a name.
         **options: analyzer options.
     """
-    from headscope.errors import suggest
-    from headscope.tasks.registry import _ensure_loaded, get_task_info
+    from headscope.plan import plan, run
 
-    # everything that can be checked without the model first
-    if isinstance(task, str) or analyzer is None:
-        info = get_task_info(task if isinstance(task, str) else task.name)
-    else:
-        _ensure_loaded()
-        info = TASKS.get(getattr(task, "name", None))
-    analyzer = analyzer or info.default_analyzer
-    allowed = get_analyzer(analyzer).options()
-    params = info.parameters() if info is not None else []
-    for key, value in options.items():
-        if key in allowed:
-            continue
-        if key in params:
-            raise HeadscopeError(
-                f"{key} is a parameter of task '{info.name}', not an option of analyzer '{analyzer}': "
-                f"pass it as task_params={{{key!r}: {value!r}}}."
-            )
-        raise HeadscopeError(
-            f"analyzer '{analyzer}' has no option {key!r}.{suggest(key, allowed)} Options: {', '.join(allowed) or 'none'}"
-            + (f"; task parameters go in task_params= ({', '.join(params)})." if params else ".")
-        )
-    if isinstance(task, str):
-        task = make_task(task, **(task_params or {}))
-    elif task_params:
-        raise HeadscopeError("task_params= applies to a task given by name; this task object is already built.")
-    if isinstance(model, str):
-        model = load_model(model)
-    return run_analyzer(analyzer, model, task, **options)
+    call = plan(analyzer, task, options, task_params=task_params or {}, kind="heads")
+    return run(call, load_model(model) if isinstance(model, str) else model)
+
+
+def circuit(
+    model: Model | str = "smollm2-135m",
+    task: Any = "ioi",
+    method: str = "eap_ig",
+    task_params: dict[str, Any] | None = None,
+    **options: Any,
+) -> Any:
+    """Score every edge with a circuit method (``headscope circuit``): ``EdgeScores``, one row per
+    edge (sender -> receiver input), with the circuit flag and provenance.
+
+    >>> edges = hs.circuit(model, "ioi", method="eap_ig", steps=5)
+    >>> edges.top(10)
+
+    Args:
+        model: a loaded :class:`Model` or a spec for :func:`load_model`.
+        task: a contrastive task object or name (``composition`` takes any task).
+        method: ``eap``, ``eap_ig``, ``exact``, ``verified``, ``routes``, ``composition``, ... (``headscope tasks``).
+        task_params: parameters for the task factory when ``task`` is a name.
+        **options: method options (``steps=5``, ``top_edges=50``, ``preset="paper"``).
+    """
+    from headscope.plan import plan, run
+
+    call = plan(method, task, options, task_params=task_params or {}, kind="edges")
+    return run(call, load_model(model) if isinstance(model, str) else model)
 
 
 def __getattr__(name: str) -> Any:

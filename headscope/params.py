@@ -253,14 +253,14 @@ def parse_text(text: str) -> Any:
 
 def coerce_all(
     fn: Callable[..., Any], values: Mapping[str, Any], where: str, skip: Callable[[Any], bool] | None = None,
-    extra: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None, text: bool = False,
 ) -> dict[str, Any]:
     """Every value of ``values`` coerced to the annotation of ``fn``'s parameter of that name.
 
     ``skip(value)`` true leaves a value as it is (e.g. a recipe's head selector, resolved
     later); ``extra`` gives annotations for names ``fn`` does not declare (e.g. ``preset``).
-    Values for unannotated parameters are left as they are (text from the command line is
-    read with :func:`parse_text` by the CLI).
+    Values for unannotated parameters are left as they are, or, with ``text=True`` (values
+    typed on the command line), read with :func:`parse_text`.
     """
     hints = {**dict(extra or {}), **annotations_of(fn)}
     try:
@@ -271,6 +271,9 @@ def coerce_all(
     for key, value in values.items():
         if skip is not None and skip(value):
             out[key] = value
+            continue
+        if text and key not in hints and isinstance(value, str):
+            out[key] = parse_text(value)
             continue
         default = params[key].default if key in params else None
         out[key] = coerce(key, value, hints.get(key, Any), where, default)

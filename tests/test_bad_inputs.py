@@ -245,7 +245,14 @@ CASES: list[Case] = [
          setup=lambda b: write(b / "f", "x")),
     Case("score_unknown_model", ["score", "-m", "toy-gqq"], message="Did you mean 'toy-gqa'"),
     Case("score_unknown_task", ["score", "-m", TOY, "-t", "inductoin"], message="Did you mean 'induction'"),
-    Case("score_wrong_analyzer_for_task", ["score", "-m", TOY, "-a", "select_and_copy"], message="does not run on task"),
+    # a task without the contract a method needs: refused before the model loads (issue: these were exit 1)
+    Case("circuit_eap_on_safety", ["circuit", "-m", TOY, "-t", "safety", "--method", "eap"],
+         message="circuit method 'eap' needs a contrastive task (clean/corrupted prompts); task 'safety' is not one"),
+    Case("circuit_on_mcqa", ["circuit", "-m", TOY, "-t", "mcqa"],
+         message="circuit method 'eap_ig' needs a contrastive task (clean/corrupted prompts); task 'mcqa' is not one"),
+    Case("ablate_on_mcqa", ["ablate", "-m", TOY, "-t", "mcqa", "--heads", "1.0"],
+         message="`headscope ablate` needs a contrastive task (clean/corrupted prompts); task 'mcqa' is not one"),
+    Case("score_wrong_analyzer_for_task", ["score", "-m", TOY, "-a", "select_and_copy"], message="needs a multiple-choice task; task 'induction' is not one. Tasks that fit: mcqa"),
     # 3. degenerate rows
     Case("user_file_answer_is_wrong", ["score", "-m", TOY, "-t", "user_file", "-o", "path=rows.csv"], message="row 1",
          setup=lambda b: write(b / "rows.csv", GOOD_ROWS.replace(" D, E", " D, D"))),

@@ -170,7 +170,7 @@ def _head_scores(tmp_path):  # noqa: ANN001, ANN202
 BAD = [
     (lambda p: ["circuit", "evaluate", str(p / "missing.parquet")], "no such edge-scores file"),
     (lambda p: ["circuit", "evaluate", str(_head_scores(p))], "not an edge-scores result"),
-    (lambda p: ["circuit", "evaluate", str(p / "planted.parquet"), "--task", "induction"], "no clean/corrupted inputs"),
+    (lambda p: ["circuit", "evaluate", str(p / "planted.parquet"), "--task", "induction"], "needs a contrastive task (clean/corrupted prompts); task 'induction' is not one"),
     (lambda p: ["circuit", "evaluate", str(p / "planted.parquet"), "-o", "ablation=zero"], "ablation must be corrupted or mean"),
     (lambda p: ["circuit", "evaluate", str(p / "planted.parquet"), "-o", "sizez=3"], "unknown option 'sizez'"),
     (lambda p: ["circuit", "evaluate", str(p / "planted.parquet"), "-o", "sizes=1,x"], "sizes must be whole numbers"),

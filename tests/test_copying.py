@@ -13,8 +13,8 @@ from headscope import load_model
 from headscope.analyzers import run_analyzer
 from headscope.analyzers.copying_heads import copying_fraction
 from headscope.analyzers.echo_induction import echo_induction_masks, group_max
-from headscope.analyzers.kv_policy import build_kv_policy, export_kv_policy
 from headscope.errors import HeadscopeError
+from headscope.kv.policy import build_kv_policy, export_kv_policy
 from headscope.tasks import make_task
 from headscope.trace import trace
 

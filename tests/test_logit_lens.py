@@ -10,9 +10,9 @@ import torch
 
 import headscope
 from headscope.analyzers import run_analyzer
-from headscope.analyzers.ov_circuit import iter_ov_logits
 from headscope.lens.core import head_vectors, lens_logits
 from headscope.lens.decode import COLUMNS, decode_heads
+from headscope.lens.ov_circuit import iter_ov_logits
 from headscope.tasks import make_task
 from headscope.toy import TOY_MODELS
 
@@ -166,7 +166,7 @@ def test_smollm2_copying_head_promotes_the_copied_token():
     tokens = task.tokens(model)
     ids = torch.tensor(sorted(set(tokens[:, 1:].flatten().tolist())))
     from headscope.analyzers.copying_heads import copying_fraction
-    from headscope.analyzers.ov_circuit import effective_embedding
+    from headscope.lens.ov_circuit import effective_embedding
 
     emb = effective_embedding(model, ids, "embed_mlp0")
     cand = [(layer, h) for layer in range(21, 26) for h in range(model.n_heads)]

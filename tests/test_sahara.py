@@ -148,7 +148,7 @@ def test_paper_preset_matches_raw_hf_left_vectors_after_final_norm(smollm2):
     """
     cands = [(1, 2), (10, 3), (15, 7), (0, 4)]
     task = make_task("safety", n_prompts=8)
-    tokens, last = task.batch(smollm2, "harmful")
+    tokens, last = task.padded(smollm2, "harmful")
     base_post, base_pre = _hf_representations(smollm2, tokens, last, None, 1e-5)
     hand = {"left_post": {}, "right_pre": {}, "right_post": {}, "left_pre": {}}
     for head in cands:

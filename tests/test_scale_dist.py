@@ -89,18 +89,20 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     from headscope.cli.sharding import plan_shards
     from headscope.errors import HeadscopeError
-    from headscope.results import HeadScores
+    from headscope.models import load_model
+    from headscope.plan import plan, run
 
-    plan = plan_shards(None)
-    plan.device("cpu")
+    shards = plan_shards(None)
+    shards.device("cpu")
+    call = plan("activation_patching", "induction_contrast", {"n_prompts": 2, "seq_len": 6, "layers": [0, 1]})
 
-    def compute() -> HeadScores:
+    def load():  # noqa: ANN202 - the backend loads inside its error handling
         if rank == 1:
             raise HeadscopeError("unknown model 'nope'")
-        return HeadScores.from_matrix(np.zeros((1, 1)), model="m", task="t", analyzer="activation_patching", metric="x")
+        return load_model("toy-induction")
 
     try:
-        plan.execute(compute)
+        run(call, load, shards.backend)
         message = "no error"
     except HeadscopeError as exc:
         message = str(exc)

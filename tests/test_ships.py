@@ -63,7 +63,7 @@ def test_ships_recovers_planted_refusal_head(toy, task, ablation):
 
 def test_ships_kl_matches_direct_computation(toy, task):
     scores = run_analyzer("ships", toy, task, heads="1.1", eps=0.05)
-    tokens, last = task.batch(toy, "harmful")
+    tokens, last = task.padded(toy, "harmful")
     rows = torch.arange(len(last))
     base = toy.bridge(tokens)[rows, last].detach().log_softmax(-1)
     from headscope.interventions import run_with_interventions
@@ -75,7 +75,7 @@ def test_ships_kl_matches_direct_computation(toy, task):
 
 
 def test_right_padding_does_not_change_last_token(toy, task):
-    tokens, last = task.batch(toy, "harmless")
+    tokens, last = task.padded(toy, "harmless")
     assert len(set(last.tolist())) > 1
     rows = task.token_rows(toy, "harmless")
     alone = torch.stack([toy.bridge(torch.tensor([r]))[0, -1] for r in rows])
@@ -179,7 +179,7 @@ def test_engine_ships_equals_one_ablation_per_forward(model_name, ablation, tmp_
     model = headscope.load_model(model_name)
     harm, safe = _files(tmp_path, ragged=True)
     task = make_task("safety", source=harm, harmless=safe, n_prompts=10)
-    tokens, last = task.batch(model, "harmful")
+    tokens, last = task.padded(model, "harmful")
     assert len(set(last.tolist())) > 1  # ragged prompts: the engine's END groups are exercised
     heads = select_heads(model, None)
     means = ablation_means(model, task, ablation, heads, None)

@@ -9,7 +9,7 @@ import torch
 
 from headscope import load_model
 from headscope.analyzers import run_analyzer
-from headscope.analyzers.ov_circuit import effective_embedding, ov_logits
+from headscope.lens.ov_circuit import effective_embedding, ov_logits
 from headscope.tasks import make_task
 from headscope.tasks.succession import FAMILIES
 

@@ -22,28 +22,14 @@ import torch
 
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
-from headscope.patching.engine import PATCH_ACTS, PatchEngine
+from headscope.patching.engine import PATCH_ACTS, engine_for
 from headscope.patching.heads import HeadPatchResult, patch_all_heads
 from headscope.results import HeadScores, build_provenance
 from headscope.scale.spec import by_layer
+from headscope.tasks.contrastive import contrastive_batch
+from headscope.tasks.protocols import ContrastiveTask
 
-CONTRASTIVE_TASKS = ("ioi", "facts", "induction_contrast", "user_file")
 POSITION_MODES = ("all", "named", "each")
-
-
-def task_batch(model: Any, task: Any) -> Any:
-    """The task's :class:`ContrastiveBatch`, or a one-line error for non-contrastive tasks."""
-    if not hasattr(task, "batch"):
-        raise HeadscopeError(
-            f"task '{getattr(task, 'name', task)}' has no clean/corrupted inputs: use a contrastive "
-            f"task ({', '.join(CONTRASTIVE_TASKS)})."
-        )
-    return task.batch(model)
-
-
-def engine_for(model: Any, batch: Any, max_rows: int | None = None, progress: bool = False) -> PatchEngine:
-    """A :class:`PatchEngine` reading the batch's END logit difference."""
-    return PatchEngine(model, batch.end, batch.logit_diff, max_rows=max_rows, progress=progress)
 
 
 def baseline_choices(result: HeadPatchResult) -> dict[str, float]:
@@ -88,7 +74,7 @@ def result_to_scores(
 @register_analyzer(
     "activation_patching",
     summary="exact per-head activation patching (z/q/k/v/pattern), normalised (patched-corr)/(clean-corr)",
-    tasks=CONTRASTIVE_TASKS,
+    requires=ContrastiveTask,
     shard=by_layer("layers"),
 )
 def activation_patching(
@@ -120,7 +106,7 @@ def activation_patching(
         raise HeadscopeError(f"unknown act '{act}': choose from {', '.join(PATCH_ACTS)}.")
     if positions not in POSITION_MODES:
         raise HeadscopeError(f"positions must be one of {', '.join(POSITION_MODES)}; got '{positions}'.")
-    batch = task_batch(model, task)
+    batch = contrastive_batch(model, task)
     spec: Any = None if positions == "all" else ("each" if positions == "each" else batch.positions)
     engine = engine_for(model, batch, max_rows=max_rows, progress=progress)
     with torch.inference_mode():

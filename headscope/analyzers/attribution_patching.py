@@ -24,18 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from headscope.analyzers.activation_patching import CONTRASTIVE_TASKS, engine_for, task_batch
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
 from headscope.patching.attribution import attribution_scores, rank_correlation
+from headscope.patching.engine import engine_for
 from headscope.patching.heads import patch_all_heads
 from headscope.results import HeadScores, build_provenance
+from headscope.tasks.contrastive import contrastive_batch
+from headscope.tasks.protocols import ContrastiveTask
 
 
 @register_analyzer(
     "attribution_patching",
     summary="gradient (attribution) patching of every head in one backward pass; rank-checked vs exact",
-    tasks=CONTRASTIVE_TASKS,
+    requires=ContrastiveTask,
     presets={"paper": {"act": "z", "positions": "all"}},
 )
 def attribution_patching(
@@ -61,7 +63,7 @@ def attribution_patching(
         raise HeadscopeError(f"attribution patching supports act z, q, k or v; got '{act}'.")
     if positions not in ("all", "named"):
         raise HeadscopeError(f"positions must be 'all' or 'named'; got '{positions}'.")
-    batch = task_batch(model, task)
+    batch = contrastive_batch(model, task)
     engine = engine_for(model, batch, progress=progress)
     out = attribution_scores(engine, batch.clean, batch.corrupted, act=act)
     per_pos = out["per_position"]  # (layer, n, pos, units)

@@ -1,7 +1,7 @@
 """OV copying score: how often a head's effective OV circuit maps a token back to itself.
 
 For each head and each token ``t`` of a token set, compute the effective OV logits
-``W_U^T W_OV^h e(t)`` over the whole vocabulary (:mod:`headscope.analyzers.ov_circuit`) and
+``W_U^T W_OV^h e(t)`` over the whole vocabulary (:mod:`headscope.lens.ov_circuit`) and
 check whether ``t`` is among the ``top_k`` highest. The ``copying`` score is the fraction of
 tokens for which it is (the "diagonal of the effective OV circuit", in the spirit of the copying
 scores of Elhage et al. 2021 and Wang et al. 2022's name-copying test, here on weights alone);
@@ -23,17 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from headscope.analyzers.ov_circuit import effective_embedding, iter_ov_logits
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
+from headscope.lens.ov_circuit import effective_embedding, iter_ov_logits
 from headscope.results import HeadScores, build_provenance
+from headscope.tasks.protocols import PromptTask, RepeatedPromptTask, SequenceFamilyTask
 
 
 def task_token_ids(model: Any, task: Any) -> list[int]:
     """Distinct token ids a task provides (``token_ids(model)`` or its prompts' tokens, no BOS)."""
-    if hasattr(task, "token_ids"):
+    if isinstance(task, SequenceFamilyTask):
         return list(task.token_ids(model))
-    if hasattr(task, "tokens"):
+    if isinstance(task, PromptTask):
         toks = task.tokens(model).flatten().tolist()
         specials = set(getattr(model.tokenizer, "all_special_ids", []) or [])
         return [t for t in dict.fromkeys(toks) if t not in specials]
@@ -57,7 +58,7 @@ def copying_fraction(logits: torch.Tensor, token_ids: torch.Tensor, top_k: int) 
 @register_analyzer(
     "ov_copying",
     summary="OV copying score: fraction of tokens t whose effective OV circuit ranks t in its top-k",
-    tasks=("succession", "induction"),
+    requires=(SequenceFamilyTask, RepeatedPromptTask),
 )
 def ov_copying(
     model: Any,

@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from headscope.analyzers.activation_patching import CONTRASTIVE_TASKS, task_batch
 from headscope.analyzers.registry import register_analyzer
 from headscope.models.arch import final_logit_softcap
 from headscope.models.norms import final_norm
 from headscope.results import HeadScores, build_provenance
+from headscope.tasks.contrastive import contrastive_batch
+from headscope.tasks.protocols import ContrastiveTask
 from headscope.trace.components import residual_split
 
 
@@ -87,11 +88,11 @@ def direct_logit_attribution_values(model: Any, batch: Any) -> dict[str, torch.T
 @register_analyzer(
     "direct_logit_attribution",
     summary="direct logit attribution of every head to the task's logit difference (frozen final-LN scale)",
-    tasks=CONTRASTIVE_TASKS,
+    requires=ContrastiveTask,
 )
 def direct_logit_attribution(model: Any, task: Any) -> HeadScores:
     """Direct effect of each head's END output on ``logit[answer] - logit[wrong]`` (clean run)."""
-    batch = task_batch(model, task)
+    batch = contrastive_batch(model, task)
     out = direct_logit_attribution_values(model, batch)
     dla = out["dla"]
     n = batch.n

@@ -40,6 +40,7 @@ import torch
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
 from headscope.results import HeadScores, build_provenance
+from headscope.tasks.protocols import RepeatedPromptTask
 from headscope.trace import ReduceContext, Reducer, trace
 
 KV_GROUP_MODES = ("none", "max")
@@ -81,7 +82,7 @@ def group_max(values: np.ndarray, model: Any) -> np.ndarray:
 @register_analyzer(
     "echo_induction",
     summary="RazorAttention echo and induction scores on repeated random tokens (per head or KV group)",
-    tasks=("induction",),
+    requires=RepeatedPromptTask,
     presets={"paper": {"kv_group": "max"}},
 )
 def echo_induction(

@@ -40,7 +40,7 @@ from headscope.errors import HeadscopeError
 from headscope.lens.core import check_ln_mode, lens_logits
 from headscope.progress import progress_bar
 from headscope.results import HeadScores, build_provenance
-from headscope.tasks.contrastive import ContrastiveBatch
+from headscope.tasks.protocols import ContrastiveTask, PromptTask
 
 
 def scored_positions(n_pos: int, max_positions: int) -> list[int]:
@@ -58,8 +58,8 @@ def scored_positions(n_pos: int, max_positions: int) -> list[int]:
 def prompts_and_lengths(model: Any, task: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The task's prompts (n, pos) and each prompt's real length (n,): ``END + 1`` for the
     right-padded prompts of contrastive tasks, the full width otherwise."""
-    batch = task.batch(model) if hasattr(task, "batch") else None
-    if isinstance(batch, ContrastiveBatch):
+    if isinstance(task, ContrastiveTask):
+        batch = task.batch(model)
         return batch.clean, batch.end + 1
     tokens = task.tokens(model)
     tokens = tokens if torch.is_tensor(tokens) else tokens.clean
@@ -70,6 +70,7 @@ def prompts_and_lengths(model: Any, task: Any) -> tuple[torch.Tensor, torch.Tens
     "logit_lens",
     summary="training-free per-head logit lens: does the head's output promote the actual next token?",
     presets={"paper": {"ln": "residual"}},
+    requires=PromptTask,
 )
 def logit_lens(
     model: Any,
@@ -96,7 +97,7 @@ def logit_lens(
     from headscope.trace.stream import capture_stream
 
     check_ln_mode(ln)
-    if not hasattr(task, "tokens"):
+    if not isinstance(task, PromptTask):
         raise HeadscopeError(f"task '{task.name}' has no token prompts: use --task induction (or another prompt task).")
     tokens, lengths = prompts_and_lengths(model, task)
     tokens, lengths = tokens[:max_prompts], lengths[:max_prompts]

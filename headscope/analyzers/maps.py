@@ -2,7 +2,7 @@
 of Attention Heads from their Parameters").
 
 Each head's effective vocab-to-vocab map is ``M_h = E W_OV^h W_U`` (rows: source tokens,
-columns: output tokens), with ``E`` an effective embedding (:mod:`headscope.analyzers.ov_circuit`,
+columns: output tokens), with ``E`` an effective embedding (:mod:`headscope.lens.ov_circuit`,
 which also handles the GQA mapping of ``W_V`` and the norms). For a relation given as
 (source, target) pairs (:mod:`headscope.tasks.relations`) the head's ``maps`` score is the
 fraction of pairs whose target is in the top ``top_k`` of row ``M_h[source]`` over the whole
@@ -41,10 +41,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from headscope.analyzers.ov_circuit import check_ln, effective_embedding, iter_ov_logits
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
+from headscope.lens.ov_circuit import check_ln, effective_embedding, iter_ov_logits
 from headscope.results import HeadScores, build_provenance
+from headscope.tasks.protocols import RelationPairsTask
 
 
 def relation_fraction(logits: torch.Tensor, targets: torch.Tensor, top_k: int) -> tuple[float, float]:
@@ -91,7 +92,7 @@ def head_inputs(model: Any, ids: torch.Tensor, embedding: str, ln: bool | str) -
 @register_analyzer(
     "maps",
     summary="MAPS (Elhelo & Geva 2024): fraction of relation pairs whose target is in the top-k of the head's vocab map",
-    tasks=("relation",),
+    requires=RelationPairsTask,
     presets={"paper": {"embedding": "maps", "ln": "fold", "top_k": None}},
 )
 def maps(

@@ -9,11 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from headscope.analyzers.activation_patching import CONTRASTIVE_TASKS, engine_for, task_batch
 from headscope.analyzers.registry import register_analyzer
+from headscope.patching.engine import engine_for
 from headscope.patching.paths import parse_receivers, path_patch
 from headscope.results import HeadScores, build_provenance
 from headscope.scale.spec import by_head
+from headscope.tasks.contrastive import contrastive_batch
+from headscope.tasks.protocols import ContrastiveTask
 
 
 def sender_units(model: Any, task: Any, options: dict[str, Any]) -> list[tuple[int, int]]:
@@ -30,7 +32,7 @@ def sender_units(model: Any, task: Any, options: dict[str, Any]) -> list[tuple[i
 @register_analyzer(
     "path_patching",
     summary="Wang et al. path patching: sender heads -> final residual or receivers' q/k/v (others frozen)",
-    tasks=CONTRASTIVE_TASKS,
+    requires=ContrastiveTask,
     presets={"paper": {"receiver_positions": "END"}},
     shard=by_head(sender_units, option="senders", clears=("sender_layers",), unit="sender head"),
 )
@@ -62,7 +64,7 @@ def path_patching(
         HeadScores with metric ``path_patch`` (``(patched - clean) / (clean - corrupted)``,
         -1 = the path carries the whole effect), NaN for senders that cannot reach the receivers.
     """
-    batch = task_batch(model, task)
+    batch = contrastive_batch(model, task)
     rec = parse_receivers(model, receivers)
     if receiver_positions == "all":
         where = None

@@ -29,6 +29,7 @@ import torch
 from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
 from headscope.results import HeadScores, build_provenance
+from headscope.tasks.protocols import RepeatedPromptTask
 from headscope.trace import ReduceContext, Reducer, trace
 
 PATTERNS: tuple[str, ...] = ("previous_token", "duplicate_token", "induction")
@@ -76,7 +77,7 @@ def _pattern_reducer(exclude_bos: bool, exclude_current_token: bool) -> Reducer:
 @register_analyzer(
     "pattern_scores",
     summary="previous-token, duplicate-token and induction scores for all heads (one forward pass)",
-    tasks=("induction",),
+    requires=RepeatedPromptTask,
 )
 def pattern_scores(
     model: Any,

@@ -75,6 +75,7 @@ from headscope.generation import stop_token_ids
 from headscope.interventions import MaskQuery
 from headscope.progress import progress_bar
 from headscope.results import HeadScores, build_provenance
+from headscope.tasks.protocols import DecodingTask
 from headscope.trace import last_query_argmax, trace
 
 Head = tuple[int, int]
@@ -295,7 +296,7 @@ def _shard_spec() -> Any:
 @register_analyzer(
     "retrieval_heads",
     summary="retrieval score (Wu et al. 2024): copy-paste attention from the needle during greedy decoding",
-    tasks=("needle",),
+    requires=DecodingTask,
     shard=_shard_spec(),
     presets={"paper": {"scoring": "reference", "rouge_reference": "needle", "stop": "newline", "max_new_tokens": 50}},
 )

@@ -58,6 +58,7 @@ from headscope.errors import HeadscopeError
 from headscope.progress import progress_bar
 from headscope.results import HeadScores, build_provenance
 from headscope.safety.ablation import build_ablation, check_ablation
+from headscope.tasks.protocols import SafetyTask
 from headscope.trace.stream import capture_stream
 
 Head = tuple[int, int]
@@ -105,7 +106,7 @@ def representations(model: Any, tokens: torch.Tensor, last: torch.Tensor, interv
 @register_analyzer(
     "sahara",
     summary="Sahara (Zhou et al. 2024): greedy head set whose ablation most rotates the final hidden states' top singular subspace",
-    tasks=("safety",),
+    requires=SafetyTask,
     presets={"paper": PAPER_PRESET},
 )
 def sahara(
@@ -150,7 +151,7 @@ def sahara(
         raise HeadscopeError(f"representation must be {' or '.join(REPRESENTATIONS)}; got '{representation}'.")
     if steps < 1 or rank < 1:
         raise HeadscopeError("steps and rank must be at least 1: e.g. -o steps=3 -o rank=1.")
-    tokens, last = task.batch(model, "harmful")
+    tokens, last = task.padded(model, "harmful")
     if rank > min(tokens.shape[0], model.d_model):
         raise HeadscopeError(f"rank {rank} exceeds the {tokens.shape[0]} requests: lower -o rank or raise -o n_prompts.")
     rule = "all heads"

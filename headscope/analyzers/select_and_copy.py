@@ -54,6 +54,7 @@ from headscope.errors import HeadscopeError
 from headscope.lens.core import final_logits
 from headscope.results import HeadScores, build_provenance
 from headscope.tasks.mcqa import KEY_TOKENS, LETTERS, MCQAItem
+from headscope.tasks.protocols import MultipleChoiceTask
 from headscope.tasks.relations import single_token_id
 from headscope.trace import trace
 from headscope.trace.stream import capture_stream
@@ -104,7 +105,7 @@ def option_scores(model: Any, items: list[MCQAItem], batch_size: int = 8, key: s
 def _pad(model: Any, items: list[MCQAItem]) -> tuple[torch.Tensor, torch.Tensor]:
     from headscope.tasks.mcqa import MCQATask
 
-    return MCQATask.batch(model, items)
+    return MCQATask.item_batch(model, items)
 
 
 def letter_answers(model: Any, items: list[MCQAItem]) -> np.ndarray:
@@ -123,7 +124,7 @@ def letter_answers(model: Any, items: list[MCQAItem]) -> np.ndarray:
 @register_analyzer(
     "select_and_copy",
     summary="select-and-copy heads (Tulchinskii et al. 2024): answer MCQA by a head's QK/attention to each option's end-of-line token",
-    tasks=("mcqa",),
+    requires=MultipleChoiceTask,
     presets={"paper": PAPER_PRESET},
 )
 def select_and_copy(model: Any, task: Any, key: str = "eol", qk: str = "projected", batch_size: int = 8,

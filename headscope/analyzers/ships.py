@@ -46,6 +46,7 @@ from headscope.patching.heads import head_masks
 from headscope.results import HeadScores, build_provenance
 from headscope.safety.ablation import PAPER_EPS, check_ablation, masked_mean_z
 from headscope.scale.spec import by_head
+from headscope.tasks.protocols import SafetyTask
 
 Head = tuple[int, int]
 
@@ -83,7 +84,7 @@ def ablation_means(model: Any, task: Any, ablation: str, heads: list[Head], batc
     """Mean z over the harmless prompts (only for ``mean_z`` ablation)."""
     if ablation != "mean_z":
         return None
-    tokens, last = task.batch(model, "harmless")
+    tokens, last = task.padded(model, "harmless")
     return masked_mean_z(model, tokens, last, [layer for layer, _ in heads], batch_size)
 
 
@@ -158,7 +159,7 @@ def single_head_kls(
 @register_analyzer(
     "ships",
     summary="Ships (Zhou et al. 2024): KL of the last-token distribution when one head is ablated (query scaling)",
-    tasks=("safety",),
+    requires=SafetyTask,
     presets={"paper": {"ablation": "query_scale", "eps": PAPER_EPS, "kl_eps": 1e-12}},
     shard=by_head(lambda model, task, o: select_heads(model, o.get("heads"), o.get("layers")), clears=("layers",)),
 )
@@ -190,7 +191,7 @@ def ships(
     """
     check_ablation(ablation)
     chosen = select_heads(model, heads, layers)
-    tokens, last = task.batch(model, "harmful")
+    tokens, last = task.padded(model, "harmful")
     means = ablation_means(model, task, ablation, chosen, batch_size)
     base, kls = single_head_kls(model, tokens, last, chosen, ablation, eps, means, progress=progress, kl_eps=kl_eps)
     shape = (model.n_layers, model.n_heads)

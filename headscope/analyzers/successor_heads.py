@@ -2,7 +2,7 @@
 In The Wild").
 
 Score (the paper's "succession score"). For every head compute the effective OV circuit on the
-succession tokens (:mod:`headscope.analyzers.ov_circuit`)::
+succession tokens (:mod:`headscope.lens.ov_circuit`)::
 
     logits_h(t) = W_U^T W_OV^h e(t),   e(t) = MLP0(W_E[t]) by default
 
@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from headscope.analyzers.ov_circuit import effective_embedding, final_readout, iter_ov_logits
 from headscope.analyzers.registry import register_analyzer
 from headscope.lens.core import head_vectors
+from headscope.lens.ov_circuit import effective_embedding, final_readout, iter_ov_logits
 from headscope.results import HeadScores, build_provenance
+from headscope.tasks.protocols import SequenceFamilyTask
 
 
 def succession_accuracy(logits: torch.Tensor, fam_slices: dict[str, tuple[slice, list[tuple[int, int]]]]) -> dict[str, tuple[int, int]]:
@@ -83,7 +84,7 @@ def _dla_check(model: Any, task: Any, fams: dict[str, Any]) -> np.ndarray:
 @register_analyzer(
     "successor_heads",
     summary="succession score: effective-OV accuracy at mapping t -> successor(t) within its family",
-    tasks=("succession",),
+    requires=SequenceFamilyTask,
 )
 def successor_heads(
     model: Any,
@@ -99,7 +100,7 @@ def successor_heads(
         model: a loaded :class:`headscope.models.Model`.
         task: a :class:`~headscope.tasks.succession.SuccessionTask`.
         embedding: ``mlp0`` (default, the paper's MLP0(W_E)), ``embed_mlp0``
-            or ``embed`` (see :mod:`headscope.analyzers.ov_circuit`).
+            or ``embed`` (see :mod:`headscope.lens.ov_circuit`).
         ln: apply the model's norms along the path (see ``ov_circuit``).
         activation_check: also compute ``dla_succession`` on consecutive-item prompts.
         progress: unused (the weight-based score is fast); accepted for the CLI.

@@ -49,6 +49,7 @@ from headscope.analyzers.registry import register_analyzer
 from headscope.errors import HeadscopeError
 from headscope.lens.train import DEFAULT_BATCH_TOKENS, DEFAULT_LR, DEFAULT_STEPS
 from headscope.results import HeadScores, build_provenance
+from headscope.tasks.protocols import TextWindowTask
 
 Head = tuple[int, int]
 PAPER = {"param": "full", "inputs": "raw", "objective": "layer_sum", "positions": "last", "lr": 1e-3, "batch_tokens": 40}
@@ -74,7 +75,7 @@ def expand_heads(model: Any, text: str) -> list[Head]:
 @register_analyzer(
     "trained_lens",
     summary="Attention Lens (Sakarvadia et al. 2023): train per-head lenses, score held-out KL vs the lens at init",
-    tasks=("corpus",),
+    requires=TextWindowTask,
     presets={"paper": PAPER},
 )
 def trained_lens(

@@ -160,7 +160,8 @@ def composition_scores(model: Any, graph: EdgeGraph) -> tuple[list[Edge], torch.
     return edges, torch.tensor(scores)
 
 
-@register_circuit_method("composition", "Q/K/V composition scores of head pairs from the weights (no prompts)")
+@register_circuit_method("composition", "Q/K/V composition scores of head pairs from the weights (no prompts)",
+                         requires=())
 def composition(model: Any, task: Any, top_edges: int = 20, threshold: float | None = None) -> Any:
     """Head-to-head composition scores (see the module docstring); the task is not run.
 

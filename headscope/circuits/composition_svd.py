@@ -128,7 +128,8 @@ def composition_svd(model: Any, writer: str, reader: str, kind: str, rank: int |
     })
 
 
-@register_circuit_method("composition_svd", "top composition edges split into the writer's rank-1 SVD components (Merullo et al. 2024)")
+@register_circuit_method("composition_svd", "top composition edges split into the writer's rank-1 SVD components (Merullo et al. 2024)",
+                         requires=())
 def composition_svd_method(model: Any, task: Any, top_edges: int = 10, rank: int = 3, threshold: float | None = None) -> Any:
     """The ``top_edges`` head-to-head edges by composition score (``method composition``), each
     split into its writer's ``rank`` rank-1 SVD components that explain most of it; the task is

@@ -27,68 +27,49 @@ integer ``position`` column, and the flag ranks those rows (``top_edges`` rows, 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from headscope.analyzers.registry import AnalyzerInfo
 from headscope.circuits.sharding import EXACT_SHARDS
-from headscope.errors import HeadscopeError, reject_unknown, suggest
+from headscope.errors import HeadscopeError
+from headscope.methods import KindView, MethodInfo, get_method, load_builtins, register_method
+from headscope.tasks.protocols import ContrastiveTask
 
-CIRCUIT_METHODS: dict[str, AnalyzerInfo] = {}
-_BUILTIN = ("headscope.circuits.methods", "headscope.circuits.prune", "headscope.circuits.composition",
-            "headscope.circuits.composition_svd", "headscope.circuits.routes")
+CIRCUIT_METHODS = KindView("edges")
 
 
 def register_circuit_method(name: str, summary: str, presets: Mapping[str, Mapping[str, Any]] | None = None,
-                            shard: Any = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``fn(model, task, **options) -> EdgeScores`` under ``name``.
+                            shard: Any = None, requires: type | tuple[type, ...] = ContrastiveTask,
+                            ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``fn(model, task, **options) -> EdgeScores`` under ``name``
+    (:func:`headscope.methods.register_method` with ``kind="edges"``).
 
     Args:
         shard: a :class:`headscope.scale.spec.ShardSpec` if the method splits into independent
             units (``--shard I/N``, torchrun; its provenance name is ``circuit:<name>``).
+        requires: the task contract(s) it needs (:mod:`headscope.tasks.protocols`); by default
+            a contrastive task (the edge graph's clean and corrupted runs), ``()`` for any task.
     """
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        info = AnalyzerInfo(name, fn, summary, (), dict(presets or {}), shard)
-        unknown = sorted(set(getattr(shard, "options", ())) - set(info.options()))
-        if unknown:
-            raise TypeError(f"the shard spec of circuit method {name!r} sets unknown options {unknown}")
-        CIRCUIT_METHODS[name] = info
-        return fn
-
-    return deco
+    return register_method(name, summary, kind="edges", requires=requires, presets=presets, shard=shard)
 
 
 def load_builtin_methods() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
+    """Register the built-in methods (kept for this release: :func:`headscope.methods.load_builtins`)."""
+    load_builtins()
 
 
-def get_circuit_method(name: str) -> AnalyzerInfo:
-    load_builtin_methods()
-    if name not in CIRCUIT_METHODS:
-        raise HeadscopeError(
-            f"unknown circuit method '{name}'.{suggest(name, CIRCUIT_METHODS)} Methods: {', '.join(sorted(CIRCUIT_METHODS))}."
-        )
-    return CIRCUIT_METHODS[name]
+def get_circuit_method(name: str) -> MethodInfo:
+    return get_method(name, kind="edges")
 
 
 def run_circuit_method(name: str, model: Any, task: Any, **options: Any) -> Any:
-    """Run a registered circuit method after checking its option names and types."""
-    info = get_circuit_method(name)
-    allowed = info.options()
-    reject_unknown(f"circuit method '{name}'", options, allowed)
-    call, preset, applied = info.expand_preset(info.coerce(options, "circuit "))
-    result = info.fn(model, task, **call)
-    prov = dict(result.provenance)
-    prov.setdefault("world_size", 1)  # one process (a shard or merge overwrites it: headscope.scale)
-    if preset is not None:
-        prov["preset"], prov["preset_options"] = preset, applied
-    result.provenance = prov
-    return result
+    """Run a registered circuit method on a built task: :func:`headscope.plan.plan` then
+    :func:`headscope.plan.run` (options checked by name and type, the task by its contract)."""
+    from headscope.plan import plan, run
+
+    return run(plan(name, task, options, kind="edges"), model)
 
 
 def circuit_mask(scores: torch.Tensor, top_edges: int = 100, threshold: float | None = None) -> torch.Tensor:
@@ -108,14 +89,15 @@ def circuit_mask(scores: torch.Tensor, top_edges: int = 100, threshold: float | 
 
 def setup(model: Any, task: Any, metric: str = "logit_diff", progress: bool = False) -> tuple[Any, Any, Any, Any]:
     """(batch, engine, graph, runs) for a contrastive task; the engine reads ``metric``."""
-    from headscope.analyzers.activation_patching import engine_for, task_batch
     from headscope.circuits.attribution import metric_fn
     from headscope.circuits.exact import prepare
     from headscope.circuits.graph import EdgeGraph
+    from headscope.patching.engine import engine_for
+    from headscope.tasks.contrastive import contrastive_batch
 
     if metric not in ("logit_diff", "kl"):
         raise HeadscopeError(f"metric must be logit_diff or kl; got '{metric}'.")
-    batch = task_batch(model, task)
+    batch = contrastive_batch(model, task)
     engine = engine_for(model, batch, progress=progress)
     graph = EdgeGraph.of(model)
     runs = prepare(engine, batch.clean, batch.corrupted, graph)
@@ -152,7 +134,8 @@ def result(model: Any, task: Any, method: str, graph: Any, runs: Any, scores: to
                                  method=method, extra=extra, provenance=prov)
 
 
-@register_circuit_method("eap", "edge attribution patching: all edges from one corrupted forward and one clean forward+backward")
+@register_circuit_method("eap", "edge attribution patching: all edges from one corrupted forward and one clean forward+backward",
+                         requires=ContrastiveTask)
 def eap(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100, threshold: float | None = None,
         positions: str = "sum") -> Any:
     """EAP scores of every edge (Syed, Rager & Conmy 2023).
@@ -174,7 +157,7 @@ def eap(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100,
                   {"gradient": "at the clean run, per receiver input (q/k/v through ln1 per head)"})
 
 
-@register_circuit_method("eap_ig", "EAP with integrated gradients along clean<->corrupted",
+@register_circuit_method("eap_ig", "EAP with integrated gradients along clean<->corrupted", requires=ContrastiveTask,
                          presets={"paper": {"steps": 5, "interpolation": "input", "grid": "corrupted_end"}})
 def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", metric: str = "logit_diff",
            top_edges: int = 100, threshold: float | None = None, grid: str = "clean_end", positions: str = "sum") -> Any:
@@ -206,7 +189,8 @@ def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", 
                            "k = 0..steps-1 (grid corrupted_end, hannamw/EAP-IG's input mode)"})
 
 
-@register_circuit_method("exact", "exact edge patching of every edge (the reference; small models)", shard=EXACT_SHARDS)
+@register_circuit_method("exact", "exact edge patching of every edge (the reference; small models)", shard=EXACT_SHARDS,
+                         requires=ContrastiveTask)
 def exact(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100, threshold: float | None = None,
           progress: bool = False, receiver_layers: list[int] | None = None, positions: str = "sum") -> Any:
     """Exact noising effect of every edge, each patched alone (:mod:`headscope.circuits.exact`).

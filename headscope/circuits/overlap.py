@@ -46,8 +46,8 @@ def circuit_overlap(a: Any, b: Any) -> dict[str, Any]:
         ``{"edges": {a, b, both, union, jaccard}, "nodes": {...}, "nodes_both": [...],
         "edges_only_a": [...], "edges_only_b": [...], "shared_edges": n, "spearman": rho}``.
     """
-    from headscope.report.compare import spearman
     from headscope.results.edge_scores import require_whole_edges
+    from headscope.stats import spearman
 
     require_whole_edges(a, "circuit comparison")
     require_whole_edges(b, "circuit comparison")

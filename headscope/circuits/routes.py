@@ -160,15 +160,15 @@ def routes(model: Any, task: Any, threshold: float = 0.04, level: str = "compone
             largest importance an edge reached at any position), not a different method, which
             is why it stays the default: every other circuit tool reads its schema.
     """
-    from headscope.analyzers.activation_patching import task_batch
     from headscope.results import build_provenance
     from headscope.results.edge_scores import EdgeScores
+    from headscope.tasks.contrastive import contrastive_batch
 
     if not 0 < threshold < 1:
         raise HeadscopeError(f"threshold must be between 0 and 1 (an importance share); got {threshold}.")
     if level not in LEVELS:
         raise HeadscopeError(f"level must be component or token (token: the paper's graph over positions); got '{level}'.")
-    batch = task_batch(model, task)
+    batch = contrastive_batch(model, task)
     if level == "token":
         return _token_result(model, task, batch, threshold)
     graph = EdgeGraph.of(model)

@@ -86,12 +86,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ablate HEADS on TASK and print the metric before and after."""
         from headscope.cli.display import console
-        from headscope.cli.options import check_device, parse_options, typed
+        from headscope.cli.options import check_device, parse_options
         from headscope.heads_text import parse_head_list
         from headscope.interventions import ABLATION_KINDS
         from headscope.models import load_model
-        from headscope.tasks import make_task
-        from headscope.tasks.registry import get_task_info
+        from headscope.plan import plan_task
+        from headscope.tasks.protocols import ContrastiveTask
 
         if kind not in ABLATION_KINDS:
             from headscope.errors import suggest
@@ -99,18 +99,9 @@ def register(app: typer.Typer) -> None:
             raise HeadscopeError(f"unknown ablation kind '{kind}'.{suggest(kind, ABLATION_KINDS)} Kinds: {', '.join(ABLATION_KINDS)}.")
         parse_head_list(heads)  # syntax, before the model loads
         check_device(device)
-        info = get_task_info(task)
-        params = parse_options(option)
-        bad = [k for k in params if k not in info.parameters()]
-        if bad:
-            raise HeadscopeError(f"task '{task}' has no parameter '{bad[0]}': parameters are {', '.join(info.parameters())}.")
-        params = typed(info, params)
-        if seed is not None and "seed" in info.parameters():
-            params["seed"] = seed
-        task_obj = make_task(task, **params)
+        task_obj = plan_task(task, parse_options(option), requires=ContrastiveTask, text=True, seed=seed,
+                             what="`headscope ablate`")
         loaded = load_model(model, device=device, dtype=dtype)
-        if not hasattr(task_obj, "batch"):
-            raise HeadscopeError(f"task '{task}' has no clean/corrupted prompts: use ioi, facts, induction_contrast or user_file.")
         batch = task_obj.batch(loaded)
         out = ablation_effect(loaded, batch, loaded.parse_heads(heads), kind, reference, per_template,
                               per_position, position, scale)

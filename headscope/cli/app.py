@@ -7,15 +7,16 @@ User errors print one line (``error: ...``) and exit 2, without a traceback. Set
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
 from headscope.cli.display import console, provenance_table, runs_table, top_table
-from headscope.cli.options import check_device, parse_options, route_options, typed
+from headscope.cli.options import check_device, parse_options
+from headscope.cli.paths import check_output, slug
 from headscope.errors import HeadscopeError
 
 app = typer.Typer(
@@ -24,25 +25,6 @@ app = typer.Typer(
     help="headscope: find, score and intervene on the attention heads of language models.",
     pretty_exceptions_enable=False,
 )
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name if os.sep in text else text).strip("-")
-
-
-def _check_output(path: Path, suffix: str, flag: str) -> Path:
-    """Check an output path before any work: its suffix, that it is not a directory, and that
-    its directory (or the nearest existing ancestor, for one that will be created) is writable.
-    Creates nothing: directories are made when the file is written."""
-    from headscope.results.atomic import check_writable_dir
-
-    path = path.expanduser()
-    if path.suffix != suffix:
-        raise HeadscopeError(f"{flag} {path} should end in {suffix}: e.g. {flag} results{suffix}.")
-    if path.is_dir():
-        raise HeadscopeError(f"{flag} {path} is a directory: give a file name ending in {suffix}.")
-    check_writable_dir(path.parent, f"{path} ({flag})")
-    return path
 
 
 @app.command()
@@ -67,60 +49,47 @@ def score(
     Under torchrun (RANK/WORLD_SIZE set) a sweep analyzer splits its units over the ranks and
     rank 0 writes the merged file; --shard I/N runs one part without a launcher (docs/scaling.md).
     """
-    from headscope.analyzers import get_analyzer, run_analyzer
     from headscope.cli.sharding import plan_shards
     from headscope.models import load_model
-    from headscope.tasks import make_task
-    from headscope.tasks.registry import get_task_info
+    from headscope.plan import plan as plan_call
+    from headscope.plan import run
 
     check_device(device)
-    plan = plan_shards(shard, plot=plot, export_kv_policy=export_kv_policy, device_map=device_map)
-    device = plan.device(device)
-    info = get_task_info(task)
-    analyzer_name = analyzer or info.default_analyzer
-    an = get_analyzer(analyzer_name)
-    task_kw, analyzer_kw = route_options(parse_options(option), info.parameters(), an.options())
-    task_kw, analyzer_kw = typed(info, task_kw), typed(an, analyzer_kw)
-    if isinstance(analyzer_kw.get("heads"), str) and analyzer_kw["heads"].strip():
+    shards = plan_shards(shard, plot=plot, export_kv_policy=export_kv_policy, device_map=device_map)
+    device = shards.device(device)
+    call = plan_call(analyzer, task, parse_options(option), kind="heads", text=True, seed=seed)
+    analyzer_name = call.method.name
+    if isinstance(call.given.get("heads"), str) and call.given["heads"].strip():
         from headscope.heads_text import parse_head_list
 
         # syntax now; ranges once the model is loaded. trained_lens also takes a whole layer, L.*
-        parse_head_list(analyzer_kw["heads"], "-o heads=", whole_layers=analyzer_name == "trained_lens")
-    if seed is not None:
-        if "seed" in info.parameters():
-            task_kw["seed"] = seed
-        elif "seed" in an.options():
-            analyzer_kw["seed"] = seed
-    if "progress" in an.options():
-        analyzer_kw.setdefault("progress", True)
-    out = out or Path("results") / f"{_slug(model)}_{task}_{analyzer_name}.parquet"
-    out = _check_output(out, ".parquet", "--out")
-    if plan.active:
-        plan.check_analyzer(analyzer_name)
+        parse_head_list(call.given["heads"], "-o heads=", whole_layers=analyzer_name == "trained_lens")
+    if "progress" in call.method.options() and "progress" not in call.given:
+        call = replace(call, options={**call.options, "progress": True}, given={**call.given, "progress": True})
+    out = out or Path("results") / f"{slug(model)}_{task}_{analyzer_name}.parquet"
+    out = check_output(out, ".parquet", "--out")
+    shards.check(call.method)
     if plot is not None:
-        plot = _check_output(plot, ".html", "--plot")
+        plot = check_output(plot, ".html", "--plot")
     if export_kv_policy is not None:
-        from headscope.analyzers import kv_policy
+        from headscope.kv import policy as kv_policy
 
-        export_kv_policy = _check_output(export_kv_policy, ".json", "--export-kv-policy")
+        export_kv_policy = check_output(export_kv_policy, ".json", "--export-kv-policy")
         fractions = kv_policy.parse_fractions(kv_fraction)
-    task_obj = make_task(task, **task_kw)
 
-    def compute() -> object:
+    def load() -> object:
         t0 = time.perf_counter()
         with console.status(f"loading {model} ...", spinner="dots"):
             loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
-        console.print(f"{plan.prefix}[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
-        t1 = time.perf_counter()
-        got = plan.run(analyzer_name, loaded, task_obj, analyzer_kw) if plan.active else \
-            run_analyzer(analyzer_name, loaded, task_obj, **analyzer_kw)
-        console.print(f"{plan.prefix}[bold]{analyzer_name}[/] on [bold]{task}[/]: {len(got)} rows in {time.perf_counter() - t1:.1f} s")
-        return got
+        console.print(f"{shards.prefix}[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
+        return loaded
 
-    scores = plan.execute(compute)
+    t1 = time.perf_counter()
+    scores = run(call, load, shards.backend)
     if scores is None:  # a rank other than 0: rank 0 writes the merged result
         return
-    out = plan.output(out)
+    console.print(f"{shards.prefix}[bold]{analyzer_name}[/] on [bold]{task}[/]: {len(scores)} rows in {time.perf_counter() - t1:.1f} s")
+    out = shards.output(out)
     console.print(top_table(scores, k=top))
     scores.to_parquet(out)
     console.print(f"wrote {out}")
@@ -200,38 +169,30 @@ def models() -> None:
 
 @app.command()
 def tasks() -> None:
-    """List tasks and analyzers."""
+    """List tasks, analyzers and circuit methods (one registry: headscope.methods)."""
     from rich.table import Table
 
-    from headscope.analyzers.registry import ANALYZERS, load_builtin_analyzers
-    from headscope.tasks.registry import TASKS, _ensure_loaded
+    from headscope.methods import list_methods
+    from headscope.tasks.registry import TASKS, load_builtin_tasks
 
-    _ensure_loaded()
-    load_builtin_analyzers()
+    load_builtin_tasks()
     table = Table(title="tasks")
     for col in ("task", "default analyzer", "parameters (-o KEY=VALUE)", "summary"):
         table.add_column(col, overflow="fold")
     for info in TASKS.values():
         table.add_row(info.name, info.default_analyzer, ", ".join(info.parameters()), info.summary)
     console.print(table)
-    table = Table(title="analyzers")
-    for col in ("analyzer", "tasks", "options (-o KEY=VALUE)", "presets (-o preset=NAME)", "summary"):
-        table.add_column(col, overflow="fold")
-    for a in ANALYZERS.values():
-        presets = "; ".join(
-            f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in a.presets.items()
-        )
-        table.add_row(a.name, ", ".join(a.tasks) or "any", ", ".join(a.options()), presets or "-", a.summary)
-    console.print(table)
-    from headscope.circuits.methods import CIRCUIT_METHODS, load_builtin_methods
-
-    load_builtin_methods()
-    table = Table(title="circuit methods (headscope circuit --method NAME)")
-    for col in ("method", "options (-o KEY=VALUE)", "summary"):
-        table.add_column(col, overflow="fold")
-    for m in CIRCUIT_METHODS.values():
-        table.add_row(m.name, ", ".join(m.options()), m.summary)
-    console.print(table)
+    titles = {"heads": ("analyzers", "analyzer"), "edges": ("circuit methods (headscope circuit --method NAME)", "method")}
+    for kind, (title, first) in titles.items():
+        table = Table(title=title)
+        for col in (first, "tasks", "options (-o KEY=VALUE)", "presets (-o preset=NAME)", "summary"):
+            table.add_column(col, overflow="fold")
+        for m in list_methods(kind):
+            presets = "; ".join(
+                f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in m.presets.items()
+            )
+            table.add_row(m.name, ", ".join(m.tasks) or "any", ", ".join(m.options()), presets or "-", m.summary)
+        console.print(table)
 
 
 from headscope.cli.ablate import register as _register_ablate  # noqa: E402

@@ -63,54 +63,38 @@ def register(app: typer.Typer) -> None:
                 raise HeadscopeError(f"{', '.join(given)} before '{ctx.invoked_subcommand}' belong to the method run: "
                                      f"put them after it (headscope circuit {ctx.invoked_subcommand} FILE {given[0]} ...).")
             return
-        from headscope.circuits.methods import get_circuit_method, run_circuit_method
-        from headscope.cli.app import _check_output, _slug
         from headscope.cli.display import console
-        from headscope.cli.options import check_device, parse_options, route_options, typed
+        from headscope.cli.options import check_device, parse_options
+        from headscope.cli.paths import check_output, slug
         from headscope.cli.sharding import plan_shards
         from headscope.models import load_model
-        from headscope.scale.sweeps import CIRCUIT_PREFIX
-        from headscope.tasks import make_task
-        from headscope.tasks.registry import get_task_info
+        from headscope.plan import plan as plan_call
+        from headscope.plan import run
 
         check_device(device)
-        plan = plan_shards(shard, plot=plot)
-        device = plan.device(device)
-        info = get_task_info(task)
-        meth = get_circuit_method(method)
-        task_kw, method_kw = route_options(parse_options(option), info.parameters(), meth.options())
-        task_kw, method_kw = typed(info, task_kw), typed(meth, method_kw)
-        if seed is not None and "seed" in info.parameters():
-            task_kw["seed"] = seed
-        out = _check_output(out or Path("results") / f"{_slug(model)}_{task}_circuit_{method}.parquet", ".parquet", "--out")
-        if plan.active:
-            plan.check_analyzer(CIRCUIT_PREFIX + method)
+        shards = plan_shards(shard, plot=plot)
+        device = shards.device(device)
+        call = plan_call(method, task, parse_options(option), kind="edges", text=True, seed=seed)
+        out = check_output(out or Path("results") / f"{slug(model)}_{task}_circuit_{method}.parquet", ".parquet", "--out")
+        shards.check(call.method)
         if plot is not None:
-            plot = _check_output(plot, ".html", "--plot")
-        task_obj = make_task(task, **task_kw)
-        if not hasattr(task_obj, "batch"):
-            from headscope.errors import HeadscopeError
+            plot = check_output(plot, ".html", "--plot")
 
-            raise HeadscopeError(f"task '{task}' has no clean/corrupted inputs: circuits need a contrastive task "
-                                 "(ioi, facts, induction_contrast, user_file).")
-
-        def compute() -> object:
+        def load() -> object:
             t0 = time.perf_counter()
             with console.status(f"loading {model} ...", spinner="dots"):
                 loaded = load_model(model, device=device, dtype=dtype)
-            console.print(f"{plan.prefix}[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
-            t1 = time.perf_counter()
-            got = plan.run(CIRCUIT_PREFIX + method, loaded, task_obj, method_kw) if plan.active else \
-                run_circuit_method(method, loaded, task_obj, **method_kw)
-            unit = "rows" if {"position", "via", "component"} & set(got.columns) else "edges"  # per-position / token-level / SVD tables
-            console.print(f"{plan.prefix}[bold]{method}[/] on [bold]{task}[/]: {len(got)} {unit}, "
-                          f"{int(got['circuit'].sum())} in the circuit, in {time.perf_counter() - t1:.1f} s")
-            return got
+            console.print(f"{shards.prefix}[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
+            return loaded
 
-        scores = plan.execute(compute)
+        t1 = time.perf_counter()
+        scores = run(call, load, shards.backend)
         if scores is None:  # a rank other than 0: rank 0 writes the merged result
             return
-        out = plan.output(out)
+        unit = "rows" if {"position", "via", "component"} & set(scores.columns) else "edges"  # per-position / token-level / SVD tables
+        console.print(f"{shards.prefix}[bold]{method}[/] on [bold]{task}[/]: {len(scores)} {unit}, "
+                      f"{int(scores['circuit'].sum())} in the circuit, in {time.perf_counter() - t1:.1f} s")
+        out = shards.output(out)
         console.print(edge_table(scores, top))
         scores.to_parquet(out)
         console.print(f"wrote {out}")

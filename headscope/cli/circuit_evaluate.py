@@ -65,15 +65,16 @@ def register(group: typer.Typer) -> None:
         reference: Path | None = typer.Option(None, "--reference", help="another EdgeScores table (e.g. the task's own circuit): its faithfulness and overlap"),
     ) -> None:
         """Faithfulness, faithfulness curve, completeness and minimality of a saved circuit."""
-        from headscope.analyzers.registry import AnalyzerInfo
         from headscope.circuits.evaluate import evaluate_circuit
-        from headscope.cli.app import _check_output, _slug
         from headscope.cli.display import console
-        from headscope.cli.options import check_device, parse_options, route_options, typed
+        from headscope.cli.options import check_device, parse_options, route_options
+        from headscope.cli.paths import check_output, slug
         from headscope.errors import HeadscopeError
+        from headscope.methods import MethodInfo
         from headscope.models import load_model
+        from headscope.plan import plan_task
         from headscope.results.edge_scores import read_edge_scores
-        from headscope.tasks import make_task
+        from headscope.tasks.protocols import ContrastiveTask
         from headscope.tasks.registry import get_task_info
 
         check_device(device)
@@ -86,20 +87,17 @@ def register(group: typer.Typer) -> None:
         model = model or str(table["model"].iloc[0])
         task = task or made_task
         info = get_task_info(task)
-        meta = AnalyzerInfo("circuit evaluate", evaluation_options, "", ())
+        meta = MethodInfo("circuit evaluate", evaluation_options, "")
         task_kw, eval_kw = route_options(parse_options(option), info.parameters(), meta.options())
-        task_kw, eval_kw = typed(info, task_kw), meta.coerce(typed(meta, eval_kw), "")
+        task_kw, eval_kw = info.coerce(task_kw, text=True), meta.coerce(eval_kw, text=True)
         recorded = prov.get("task", {}) if isinstance(prov.get("task"), dict) else {}
         if task == made_task:
             task_kw = {**{k: v for k, v in recorded.items() if k in info.parameters()}, **task_kw}
         if seed is not None and "seed" in info.parameters():
             task_kw["seed"] = seed
         suffix = ".json" if out is not None and out.suffix == ".json" else ".parquet"
-        out = _check_output(out or Path("results") / f"{_slug(model)}_{task}_circuit_eval.parquet", suffix, "--out")
-        task_obj = make_task(task, **task_kw)
-        if not hasattr(task_obj, "batch"):
-            raise HeadscopeError(f"task '{task}' has no clean/corrupted inputs: circuits are evaluated on a contrastive "
-                                 "task (ioi, facts, induction_contrast, user_file).")
+        out = check_output(out or Path("results") / f"{slug(model)}_{task}_circuit_eval.parquet", suffix, "--out")
+        task_obj = plan_task(task, task_kw, requires=ContrastiveTask, what="circuit evaluation")
         sizes = _sizes(eval_kw.pop("sizes", ""))
         t0 = time.perf_counter()
         with console.status(f"loading {model} ...", spinner="dots"):

@@ -25,15 +25,15 @@ def register(app: typer.Typer) -> None:
         """Compare two results (two models, tasks or seeds): rank correlation, top-k overlap, diffs."""
         from rich.table import Table
 
-        from headscope.cli.app import _check_output
         from headscope.cli.display import console
+        from headscope.cli.paths import check_output
         from headscope.report.compare import compare_results
         from headscope.results import read_parquet
 
         if out is not None:
-            out = _check_output(out, ".html", "--out")
+            out = check_output(out, ".html", "--out")
         if csv is not None:
-            csv = _check_output(csv, ".csv", "--csv")
+            csv = check_output(csv, ".csv", "--csv")
         kinds = [is_edge_table(run_a), is_edge_table(run_b)]
         if any(kinds):
             if not all(kinds):

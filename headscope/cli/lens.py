@@ -47,15 +47,15 @@ def decode(
     """Decode heads' outputs to their top promoted / suppressed tokens."""
     from rich.table import Table
 
-    from headscope.cli.app import _check_output
     from headscope.cli.display import console
+    from headscope.cli.paths import check_output
     from headscope.heads_text import parse_head_list
     from headscope.lens.decode import decode_heads
     from headscope.lens.store import load_lens, read_lens_metadata
     from headscope.models import load_model
 
     if out is not None:
-        out = _check_output(out, ".parquet", "--out")
+        out = check_output(out, ".parquet", "--out")
     parse_head_list(heads)
     wanted_positions = _positions(positions)
     if lens is not None:
@@ -106,16 +106,16 @@ def train(
     from rich.table import Table
 
     from headscope.analyzers.trained_lens import trained_lens
-    from headscope.cli.app import _check_output
     from headscope.cli.display import console
+    from headscope.cli.paths import check_output
     from headscope.heads_text import parse_head_list
     from headscope.lens.train import check_checkpoint_dir, check_resume, check_settings
     from headscope.models import load_model
     from headscope.tasks import make_task
 
-    out = _check_output(out, ".safetensors", "--out")
+    out = check_output(out, ".safetensors", "--out")
     if scores is not None:
-        scores = _check_output(scores, ".parquet", "--scores")
+        scores = check_output(scores, ".parquet", "--scores")
     # everything that can be checked without the model, before loading it
     wanted = parse_head_list(heads)
     check_settings(steps, lr, batch_tokens, checkpoint_every)
@@ -156,14 +156,14 @@ def operations(
     from rich.table import Table
 
     from headscope.analyzers.maps import salient_mappings
-    from headscope.cli.app import _check_output
     from headscope.cli.display import console
+    from headscope.cli.paths import check_output
     from headscope.heads_text import parse_head_list
     from headscope.models import load_model
     from headscope.tasks.relations import RelationTask, builtin_relations
 
     if out is not None:
-        out = _check_output(out, ".parquet", "--out")
+        out = check_output(out, ".parquet", "--out")
     parse_head_list(heads)
     loaded = load_model(model)
     names = list(builtin_relations()) if relation == "all" else [relation]

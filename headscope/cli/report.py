@@ -22,8 +22,8 @@ def register(app: typer.Typer) -> None:
         A directory contributes every ``*.parquet`` below it, each file as its own section with its
         own ranking and provenance (runs are never merged).
         """
-        from headscope.cli.app import _check_output
         from headscope.cli.display import console
+        from headscope.cli.paths import check_output
         from headscope.errors import HeadscopeError
         from headscope.report import build_report
         from headscope.report.runs import expand
@@ -31,6 +31,6 @@ def register(app: typer.Typer) -> None:
         files = expand(results)
         if not files:
             raise HeadscopeError(f"no results files in {', '.join(map(str, results))}: give .parquet files or a directory holding them.")
-        out = _check_output(out, ".html", "--out")
+        out = check_output(out, ".html", "--out")
         path = build_report(files, out, title=title, top_k=top)
         console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {len(files)} result(s))")

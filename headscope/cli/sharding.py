@@ -4,7 +4,6 @@ the ``merge`` command (head-score or edge-score parts)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,11 @@ from headscope.scale.shard import Shard
 
 @dataclass
 class ShardPlan:
-    """This process's share of a ``score`` run: none, one ``--shard``, or one rank's."""
+    """This process's share of a ``score``/``circuit`` run: none, one ``--shard``, or one rank's.
+
+    It picks the backend of :func:`headscope.plan.run` (:attr:`backend`) and says where this
+    process writes (:meth:`output`); the splitting itself is :mod:`headscope.scale.backends`.
+    """
 
     shard: Shard | None = None
     launch: Launch | None = None
@@ -45,57 +48,23 @@ class ShardPlan:
         self._device = device
         return device
 
-    def check_analyzer(self, name: str) -> None:
-        """A one-line error before any work if analyzer ``name`` (circuit method
-        ``circuit:<method>``) cannot be split."""
-        from headscope.scale.sweeps import lookup
+    def check(self, method: Any) -> None:
+        """A one-line error before any work if ``method`` (a MethodInfo) cannot be split."""
+        from headscope.scale.shard import refuse_unsharded
 
-        how = "without torchrun (or with --nproc-per-node 1)" if self.distributed else "without --shard"
-        lookup(name).refuse_unsharded(how)
+        if self.active:
+            how = "without torchrun (or with --nproc-per-node 1)" if self.distributed else "without --shard"
+            refuse_unsharded(method, how)
 
-    def run(self, name: str, model: Any, task: Any, options: dict[str, Any]) -> Any:
-        """This process's shard of analyzer ``name`` or circuit method ``circuit:<method>``
-        (:func:`headscope.scale.shard.run_shard`)."""
-        from headscope.scale.shard import run_shard
+    @property
+    def backend(self) -> Any:
+        """The backend of :func:`headscope.plan.run` for this process."""
+        from headscope.plan import LOCAL
+        from headscope.scale.backends import DistributedBackend, ShardBackend
 
-        assert self.shard is not None
-        return run_shard(name, model, task, self.shard, **options)
-
-    def execute(self, compute: Callable[[], Any]) -> Any:
-        """Run ``compute`` (load the model, score); under a launcher gather every rank's part.
-
-        Returns:
-            The scores to write: this shard's part, the merged result (rank 0), or None (other ranks).
-        """
-        if not self.distributed:
-            if self.shard is None:
-                return compute()
-            try:
-                return compute()
-            except HeadscopeError as exc:
-                named = str(exc).startswith(f"shard {self.shard}:")  # run_shard's own errors name it already
-                raise HeadscopeError(str(exc) if named else f"shard {self.shard}: {exc}") from None
-        from headscope.scale import dist
-        from headscope.scale.merge import merge_parts
-        from headscope.scale.wire import decode, describe_failure, encode, encode_failure
-
-        assert self.launch is not None and self.shard is not None
-        where = dist.init(self.launch, self._device)
-        try:
-            try:
-                payload = encode(compute())
-            except Exception as exc:  # noqa: BLE001 - sent to every rank, which all fail naming this shard
-                payload = encode_failure(describe_failure(exc))
-            got = [decode(b) for b in dist.all_gather_bytes(payload, where)]
-        finally:
-            dist.finish()
-        failed = [(i, g) for i, g in enumerate(got) if isinstance(g, str)]
-        if failed:
-            n = self.launch.world_size
-            raise HeadscopeError("; ".join(f"shard {i}/{n} (rank {i}) failed: {msg}" for i, msg in failed))
-        if self.launch.rank != 0:
-            return None
-        return merge_parts(got, [f"rank {i}" for i in range(len(got))], mode="torch.distributed")
+        if self.distributed and self.launch is not None:
+            return DistributedBackend(self.launch, self._device)
+        return ShardBackend(self.shard) if self.shard is not None else LOCAL
 
     def output(self, out: Path) -> Path:
         """Where this process writes: the part file for ``--shard``, else ``out``."""
@@ -136,7 +105,7 @@ def plan_shards(shard: str | None, plot: Path | None = None, export_kv_policy: P
     extra = [flag for flag, given in (("--plot", plot), ("--export-kv-policy", export_kv_policy)) if given is not None]
     if extra:
         hint = ("pass --plot to `headscope merge`" if extra[0] == "--plot"
-                else "call headscope.analyzers.kv_policy.export_kv_policy on the merged file")
+                else "call headscope.kv.policy.export_kv_policy on the merged file")
         raise HeadscopeError(f"{extra[0]} needs the whole result: drop it from --shard runs ({hint}).")
     return ShardPlan(parsed)
 
@@ -155,14 +124,14 @@ def register(app: typer.Typer) -> None:
 
         Refuses missing or duplicated shards and parts that disagree on model, task or options.
         """
-        from headscope.cli.app import _check_output
         from headscope.cli.display import console, top_table
+        from headscope.cli.paths import check_output
         from headscope.results.edge_scores import EdgeScores
         from headscope.scale.merge import merge_files
 
-        out = _check_output(out, ".parquet", "--out")
+        out = check_output(out, ".parquet", "--out")
         if plot is not None:
-            plot = _check_output(plot, ".html", "--plot")
+            plot = check_output(plot, ".html", "--plot")
         scores = merge_files(list(parts))
         edges = isinstance(scores, EdgeScores)
         if edges:

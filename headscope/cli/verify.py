@@ -61,8 +61,8 @@ def register(app: typer.Typer) -> None:
         """Check headscope against an independent raw Hugging Face copy of MODEL (exit 1 on any FAIL)."""
         import time
 
-        from headscope.cli.app import _check_output
         from headscope.cli.display import console
+        from headscope.cli.paths import check_output
         from headscope.errors import HeadscopeError
         from headscope.models import load_model
         from headscope.results import atomic_write
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         if prompts < 1:
             raise HeadscopeError(f"--prompts must be at least 1; got {prompts}.")
         if out is not None:
-            out = _check_output(out, ".json", "--out")
+            out = check_output(out, ".json", "--out")
         t0 = time.perf_counter()
         with console.status(f"loading {model} ...", spinner="dots"):
             loaded = load_model(model, device=device, dtype=dtype)

@@ -7,7 +7,6 @@ Analyzers never hook the model themselves: they describe interventions here (or 
 tracer, which accepts the same objects) and this layer owns hooking, batching and GQA.
 """
 
-from headscope.interventions.base import Intervention, run_with_interventions
 from headscope.interventions.heads import (
     ABLATION_KINDS,
     MaskQuery,
@@ -18,6 +17,7 @@ from headscope.interventions.heads import (
     ZeroAblate,
     make_ablation,
 )
+from headscope.trace.hooks import Intervention, run_with_interventions
 
 __all__ = [
     "ABLATION_KINDS",

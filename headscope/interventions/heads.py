@@ -35,9 +35,9 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
-from headscope.interventions.base import HookFn
 from headscope.models.arch import query_scale_act
 from headscope.patching.engine import hook_alias
+from headscope.trace.hooks import HookFn
 
 Head = tuple[int, int]
 ABLATION_KINDS = ("zero", "mean", "resample", "query_mask")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from headscope.models.cache import cache_root
+from headscope.cache import cache_root
 
 
 def _package_dir(module: str) -> Path | None:

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from headscope.models.cache import cache_root, file_sha256
+from headscope.cache import cache_root, file_sha256
 
 
 def dequantized_dir(gguf_path: Path) -> tuple[Path, str]:

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
+from headscope.cache import file_sha256
 from headscope.errors import HeadscopeError, suggest
 from headscope.models.aliases import ALIASES
-from headscope.models.cache import file_sha256
 from headscope.models.model import Model
 
 DTYPES = {

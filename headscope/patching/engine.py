@@ -491,3 +491,9 @@ def _prefix_cache(base: RunCache | None, rows: torch.Tensor, prefix: int, k: int
         r = rows.to(keys.device)
         cache.update(keys[r, :, :prefix].repeat(k, 1, 1, 1), values[r, :, :prefix].repeat(k, 1, 1, 1), layer)
     return cache
+
+
+def engine_for(model: Any, batch: Any, max_rows: int | None = None, progress: bool = False) -> PatchEngine:
+    """A :class:`PatchEngine` reading a :class:`~headscope.tasks.contrastive.ContrastiveBatch`'s
+    END logit difference."""
+    return PatchEngine(model, batch.end, batch.logit_diff, max_rows=max_rows, progress=progress)

@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,99 +113,58 @@ def classify(step: Step, results: dict[str, HeadScores], recipe_name: str) -> He
 
 
 def check_available(recipe: Recipe) -> None:
-    """Fail fast, before loading a model, on analyzers/tasks/options this headscope lacks."""
-    from headscope.analyzers.registry import ANALYZERS, load_builtin_analyzers
-    from headscope.tasks.registry import TASKS, _ensure_loaded
+    """Fail fast, before loading a model, on methods, tasks and options this headscope lacks:
+    every analyzer or circuit step is planned (:func:`headscope.plan.plan`, plain and with its
+    ``quick`` overrides): method and task names, option names and types, the task built and
+    checked against the method's contract. Head selectors (``heads_from``) are resolved later;
+    only their option names are checked here."""
+    from headscope.methods import get_method, list_methods
+    from headscope.tasks.registry import TASKS, load_builtin_tasks
 
-    load_builtin_analyzers()
-    _ensure_loaded()
+    load_builtin_tasks()
     for step in recipe.steps:
-        if step.kind == "circuit":
-            _check_circuit_step(recipe, step)
+        if step.kind not in ("analyzer", "circuit"):
             continue
-        if step.kind != "analyzer":
-            continue
-        if step.analyzer not in ANALYZERS:
-            raise HeadscopeError(
-                f"recipe '{recipe.name}' needs analyzer '{step.analyzer}' (step '{step.id}'), which is not "
-                f"registered in this headscope.{suggest(str(step.analyzer), ANALYZERS)} Registered: "
-                f"{', '.join(sorted(ANALYZERS))}."
-            )
+        where = f"recipe '{recipe.name}' step '{step.id}': "
+        kind = "edges" if step.kind == "circuit" else "heads"
+        name = str(step.circuit if kind == "edges" else step.analyzer)
+        if kind == "edges":
+            try:
+                method = get_method(name, kind)
+            except HeadscopeError as exc:
+                raise HeadscopeError(f"{where}{exc}") from None
+        else:
+            known = [m.name for m in list_methods(kind)]
+            if name not in known:
+                raise HeadscopeError(
+                    f"recipe '{recipe.name}' needs analyzer '{name}' (step '{step.id}'), which is not "
+                    f"registered in this headscope.{suggest(name, known)} Registered: {', '.join(sorted(known))}."
+                )
+            method = get_method(name, kind)
         if step.task not in TASKS:
             raise HeadscopeError(
                 f"recipe '{recipe.name}' needs task '{step.task}' (step '{step.id}'), which is not registered "
                 f"in this headscope.{suggest(str(step.task), TASKS)} Registered: {', '.join(sorted(TASKS))}."
             )
-        info = ANALYZERS[step.analyzer]
-        if info.tasks and step.task not in info.tasks:
-            raise HeadscopeError(f"recipe '{recipe.name}' step '{step.id}': analyzer '{step.analyzer}' does not run on "
-                                 f"task '{step.task}': it runs on {', '.join(info.tasks)}.")
-        bad = [k for k in step.options if k not in info.options()]
-        if bad:
-            raise HeadscopeError(f"recipe '{recipe.name}' step '{step.id}': analyzer '{step.analyzer}' has no "
-                                 f"option '{bad[0]}'.{suggest(bad[0], info.options())}")
-        params = TASKS[step.task].parameters()
-        bad = [k for k in step.task_params if k not in params]
-        if bad:
-            raise HeadscopeError(f"recipe '{recipe.name}' step '{step.id}': task '{step.task}' has no "
-                                 f"parameter '{bad[0]}'.{suggest(bad[0], params)}")
-        check_types(recipe, step)
+        for label, extra in (("", {}), (" (quick)", step.quick)):
+            _plan_step(method, step, merge({"task_params": step.task_params, "options": step.options}, extra),
+                       f"{where.rstrip(': ')}{label}: ")
 
 
-def _check_circuit_step(recipe: Recipe, step: Step) -> None:
-    """A circuit step's method, task and (quick) options, checked before any work."""
-    from headscope.circuits.methods import get_circuit_method
-    from headscope.tasks.registry import TASKS
+def _plan_step(method: Any, step: Step, cfg: dict[str, Any], where: str) -> None:
+    """Plan one configuration of a step (one-line errors prefixed with ``where``)."""
+    from headscope.plan import plan
 
-    where = f"recipe '{recipe.name}' step '{step.id}': "
-    try:
-        info = get_circuit_method(str(step.circuit))
-    except HeadscopeError as exc:
-        raise HeadscopeError(f"{where}{exc}") from None
-    if step.task not in TASKS:
-        raise HeadscopeError(f"{where}no task '{step.task}'.{suggest(str(step.task), TASKS)}")
-    for label, extra in (("", {}), (" (quick)", step.quick)):
-        cfg = merge({"task_params": step.task_params, "options": step.options}, extra)
-        bad = [k for k in cfg["options"] if k not in info.options()]
-        if bad:
-            raise HeadscopeError(f"{where.rstrip(': ')}{label}: circuit method '{step.circuit}' has no option '{bad[0]}'."
-                                 f"{suggest(bad[0], info.options())}")
-        bad = [k for k in cfg["task_params"] if k not in TASKS[str(step.task)].parameters()]
-        if bad:
-            raise HeadscopeError(f"{where.rstrip(': ')}{label}: task '{step.task}' has no parameter '{bad[0]}'.")
-        TASKS[str(step.task)].coerce(cfg["task_params"], where=where.rstrip(": ") + label + ": ")
-        info.coerce(cfg["options"], f"{where.rstrip(': ')}{label}: circuit ")
+    selectors = [k for k, v in cfg["options"].items() if _is_selector(v)]
+    bad = [k for k in selectors if k not in method.options()]
+    if bad:
+        raise HeadscopeError(f"{where}{method.label} has no option '{bad[0]}'.{suggest(bad[0], method.options())}")
+    options = {k: v for k, v in cfg["options"].items() if k not in selectors}
+    plan(method.name, str(step.task), options, task_params=cfg["task_params"], kind=method.kind, where=where)
 
 
 def _is_selector(value: Any) -> bool:
     return isinstance(value, dict) and "heads_from" in value
-
-
-def check_types(recipe: Recipe, step: Step) -> None:
-    """Type-check a step's task parameters and analyzer options, plain and with its ``quick``
-    overrides, against their annotations (:mod:`headscope.params`): one-line errors, before any work."""
-    from headscope.analyzers.registry import ANALYZERS
-    from headscope.tasks.registry import TASKS
-
-    where = f"recipe '{recipe.name}' step '{step.id}': "
-    for label, extra in (("", {}), (" (quick)", step.quick)):
-        cfg = merge({"task_params": step.task_params, "options": step.options}, extra)
-        bad_keys = [k for k in cfg["task_params"] if k not in TASKS[str(step.task)].parameters()]
-        if bad_keys:
-            raise HeadscopeError(f"{where}quick: task '{step.task}' has no parameter '{bad_keys[0]}'.")
-        bad_keys = [k for k in cfg["options"] if k not in ANALYZERS[str(step.analyzer)].options()]
-        if bad_keys:
-            raise HeadscopeError(f"{where}quick: analyzer '{step.analyzer}' has no option '{bad_keys[0]}'.")
-        params = TASKS[str(step.task)].coerce(cfg["task_params"], where=where.rstrip(": ") + label + ": ")
-        try:  # building a task needs no model and runs its own checks (e.g. needle's lengths)
-            TASKS[str(step.task)].factory(**params)
-        except HeadscopeError as exc:
-            raise HeadscopeError(f"{where.rstrip(': ')}{label}: {exc}") from None
-        from headscope.params import coerce_all
-
-        info = ANALYZERS[str(step.analyzer)]
-        coerce_all(info.fn, cfg["options"], f"{where.rstrip(': ')}{label}: analyzer '{info.name}' option",
-                   skip=_is_selector, extra={"preset": str})
 
 
 def run_recipe(
@@ -239,8 +198,7 @@ def run_recipe(
     Returns:
         A :class:`RunResult`.
     """
-    from headscope.analyzers.registry import get_analyzer, run_analyzer
-    from headscope.tasks import make_task
+    from headscope.plan import plan, run
 
     check_available(recipe)
     spec = model or recipe.model
@@ -305,21 +263,16 @@ def run_recipe(
         if step.kind == "classify":
             log(f"[{i}/{n}] {step.id}: head classes from {', '.join(dict.fromkeys(r['heads_from'] for r in step.classify))}")
             scores = classify(step, results, recipe.name)
-        elif step.kind == "circuit":
-            from headscope.circuits.methods import run_circuit_method
-
-            log(f"[{i}/{n}] {step.id}: circuit {step.circuit} on {step.task} "
-                f"{json.dumps(cfg['task_params'])} {json.dumps(options, default=str)}")
-            task = make_task(str(step.task), **cfg["task_params"])
-            scores = run_circuit_method(str(step.circuit), get_model(), task, **options)
         else:
-            log(f"[{i}/{n}] {step.id}: {step.analyzer} on {step.task} "
+            what = f"circuit {step.circuit}" if step.kind == "circuit" else str(step.analyzer)
+            log(f"[{i}/{n}] {step.id}: {what} on {step.task} "
                 f"{json.dumps(cfg['task_params'])} {json.dumps(options, default=str)}")
-            info = get_analyzer(str(step.analyzer))
-            if progress and "progress" in info.options():
-                options.setdefault("progress", True)
-            task = make_task(str(step.task), **cfg["task_params"])
-            scores = run_analyzer(str(step.analyzer), get_model(), task, **options)
+            kind = "edges" if step.kind == "circuit" else "heads"
+            call = plan(str(step.circuit if kind == "edges" else step.analyzer), str(step.task), options,
+                        task_params=cfg["task_params"], kind=kind)
+            if kind == "heads" and progress and "progress" in call.method.options() and "progress" not in call.given:
+                call = replace(call, options={**call.options, "progress": True})
+            scores = run(call, get_model())
         scores.provenance = {**scores.provenance, "recipe": {
             "name": recipe.name, "file": str(recipe.path), "step": step.id, "hash": digest, "quick": quick,
             "model_override": model}}

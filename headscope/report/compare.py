@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from headscope.errors import HeadscopeError
+from headscope.stats import spearman
 
 
 @dataclass
@@ -37,18 +37,6 @@ def _pick(scores: Any, metric: str | None) -> pd.DataFrame:
             raise HeadscopeError(f"no metric '{metric}' in this result: it has {', '.join(dict.fromkeys(frame['metric']))}.")
         frame = frame[frame["metric"] == metric]
     return frame
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 finite pairs."""
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return float("nan")
-    ra = pd.Series(a[ok]).rank().to_numpy()
-    rb = pd.Series(b[ok]).rank().to_numpy()
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def result_name(scores: Any) -> str:

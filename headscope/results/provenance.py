@@ -25,7 +25,7 @@ def headscope_version() -> str:
     try:
         return importlib.metadata.version("headscope")
     except importlib.metadata.PackageNotFoundError:
-        from headscope import __version__
+        from headscope.version import __version__
 
         return __version__
 

@@ -65,7 +65,7 @@ def refusal_check(
         conds[f"random_{i + 1}"] = random_heads(model, len(heads), heads, seed + i)
     means = None
     if ablation == "mean_z":
-        tok, last = task.batch(model, "harmless")
+        tok, last = task.padded(model, "harmless")
         means = masked_mean_z(model, tok, last, [layer for hs in conds.values() for layer, _ in hs])
     out: dict[str, Any] = {}
     for name, hs in conds.items():

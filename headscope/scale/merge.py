@@ -4,7 +4,7 @@ Checks first, each a one-line :class:`HeadscopeError`: every file is a part (has
 ``provenance["shard"]``); all parts split the run the same way (same N, unit and unit list);
 every shard 0..N-1 is there exactly once; and all parts agree on analyzer, model (weights,
 dtype; not the device), task and options. Then the analyzer's (or circuit method's, see
-:mod:`headscope.scale.sweeps`) :class:`ShardSpec` merges them: by rows (each row is taken from
+:mod:`headscope.methods`) :class:`ShardSpec` merges them: by rows (each row is taken from
 the part that owns its unit) or by its own ``merge``.
 
 The merged provenance is part 0's without ``shard``, with ``world_size`` = N and ``sharding``
@@ -126,15 +126,15 @@ def merge_parts(parts: list[Any], labels: list[str] | None = None, mode: str = "
         labels: names for messages (file names); default ``part 0``, ``part 1``, ...
         mode: recorded in ``provenance["sharding"]["mode"]`` (``merge`` or ``torch.distributed``).
     """
-    from headscope.scale.sweeps import lookup
+    from headscope.methods import get_method
 
     labels = labels or [f"part {i}" for i in range(len(parts))]
     ordered = check_parts(parts, labels)
     prov0 = ordered[0].provenance
-    sweep = lookup(str(prov0.get("analyzer")))
-    spec = sweep.info.shard
+    method = get_method(str(prov0.get("analyzer")))
+    spec = method.shard
     if spec is None:
-        raise HeadscopeError(f"{sweep.label} has no sharding: these parts cannot be merged.")
+        raise HeadscopeError(f"{method.label} has no sharding: these parts cannot be merged.")
     merged = spec.merge(ordered) if spec.merge is not None else merge_by_rows(ordered, spec)
     prov = dict(merged.provenance or prov0)
     shard = dict(prov.pop("shard", None) or prov0["shard"])

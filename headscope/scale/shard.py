@@ -3,7 +3,7 @@
 Shard ``I/N`` (0-based ``I``, as Slurm's ``SLURM_ARRAY_TASK_ID`` and torch.distributed's rank)
 owns units ``I, I+N, I+2N, ...`` of the run's unit list (round-robin: the patching engine's cost
 per layer falls with depth, so interleaving balances shards better than contiguous blocks).
-A shard is an ordinary analyzer call with the unit-selecting option restricted
+A shard is an ordinary planned call (:func:`headscope.plan.plan`) with the unit-selecting option restricted
 (:class:`headscope.scale.spec.ShardSpec`); its provenance records ``shard`` (index, count, unit,
 its units and the run's) and ``world_size``, and keeps the run's own options so that the parts
 of one run agree (:mod:`headscope.scale.merge`).
@@ -62,46 +62,47 @@ def _defaults(fn: Any) -> dict[str, Any]:
     return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
 
 
-def run_units(name: str, model: Any, task: Any, **options: Any) -> tuple[Any, list[Unit]]:
-    """The sweep's :class:`ShardSpec` and every unit of this run (a one-line error if the
-    analyzer or circuit method -- ``circuit:<method>``, see :mod:`headscope.scale.sweeps` --
-    cannot be sharded)."""
-    from headscope.scale.sweeps import lookup
+def refuse_unsharded(method: Any, how: str) -> None:
+    """A one-line error if ``method`` (a :class:`~headscope.methods.MethodInfo`) has no ShardSpec;
+    ``how`` says how to run it instead."""
+    if method.shard is None:
+        from headscope.methods import KINDS, sharded
 
-    sweep = lookup(name)
-    sweep.refuse_unsharded("without --shard or a launcher")
-    spec = sweep.info.shard
-    call, _, _ = sweep.info.expand_preset(sweep.info.coerce(options))
-    return spec, [unit_key(u) for u in spec.units(model, task, call)]
+        noun = KINDS[method.kind]
+        raise HeadscopeError(f"{method.label} cannot be split into shards: run it {how} "
+                             f"(sharded {noun}s: {', '.join(sharded(method.kind))}).")
 
 
-def run_shard(name: str, model: Any, task: Any, shard: Shard, **options: Any) -> Any:
-    """Run shard ``shard`` of analyzer ``name`` (or circuit method ``circuit:<method>``): only its
-    units, provenance marked as a part.
+def call_units(call: Any, model: Any) -> list[Unit]:
+    """Every unit of a planned call (:class:`headscope.plan.Call`) whose method splits."""
+    refuse_unsharded(call.method, "without --shard or a launcher")
+    return [unit_key(u) for u in call.method.shard.units(model, call.task, call.options)]
+
+
+def run_call_shard(call: Any, model: Any, shard: Shard) -> Any:
+    """Run shard ``shard`` of a planned call: only its units, provenance marked as a part.
 
     Returns:
         HeadScores (EdgeScores) of the whole grid, computed for this shard's units (other rows
         as the sweep leaves uncomputed units, e.g. NaN), with ``provenance["shard"]``.
     """
-    from headscope.scale.sweeps import lookup
+    from headscope.plan import stamp
 
-    sweep = lookup(name)
-    info = sweep.info
-    spec, units = run_units(name, model, task, **options)
+    spec = call.method.shard
+    units = call_units(call, model)
     if shard.count > len(units):
         raise HeadscopeError(
             f"shard {shard}: this run has only {len(units)} {spec.unit}(s) to split; use at most "
             f"{len(units)} shards."
         )
     mine = shard.take(units)
-    result = sweep.run(model, task, **{**options, **spec.restrict(mine)})
-    call, _, _ = info.expand_preset(info.coerce(options))
-    defaults = _defaults(info.fn)
+    result = stamp(call, call.method.fn(model, call.task, **{**call.options, **spec.restrict(mine)}))
+    defaults = _defaults(call.method.fn)
     prov = dict(result.provenance)
     recorded = dict(prov.get("options", {}))
     for key in spec.options:  # the run's own values, not this shard's restriction
         if key in recorded:
-            recorded[key] = call.get(key, defaults.get(key))
+            recorded[key] = call.options.get(key, defaults.get(key))
     prov["options"] = recorded
     prov["shard"] = {
         "index": shard.index,
@@ -113,3 +114,22 @@ def run_shard(name: str, model: Any, task: Any, shard: Shard, **options: Any) ->
     prov["world_size"] = shard.count
     result.provenance = prov
     return result
+
+
+def run_units(name: str, model: Any, task: Any, **options: Any) -> tuple[Any, list[Unit]]:
+    """The sweep's :class:`ShardSpec` and every unit of this run of method ``name``
+    (``circuit:<method>`` for a circuit method); a one-line error if it cannot be sharded."""
+    from headscope.plan import plan
+
+    call = plan(name, task, options)
+    return call.method.shard, call_units(call, model)
+
+
+def run_shard(name: str, model: Any, task: Any, shard: Shard, **options: Any) -> Any:
+    """Run shard ``shard`` of method ``name`` (``circuit:<method>`` for a circuit method) on a
+    built task: :func:`headscope.plan.plan`, then :func:`run_call_shard`."""
+    from headscope.plan import plan
+
+    call = plan(name, task, options)
+    refuse_unsharded(call.method, "without --shard or a launcher")
+    return run_call_shard(call, model, shard)

@@ -227,3 +227,17 @@ class Baselines:
             "corrupted_metric": float(self.corrupted.mean()),
             "clean_fraction_correct": float((self.clean > 0).float().mean()),
         }
+
+
+def contrastive_batch(model: Any, task: Any) -> ContrastiveBatch:
+    """``task.batch(model)``, or a one-line error when ``task`` is not a
+    :class:`~headscope.tasks.protocols.ContrastiveTask` (for methods called directly, outside
+    :func:`headscope.plan.plan`, which refuses such a task before the model loads)."""
+    from headscope.tasks.protocols import ContrastiveTask
+
+    if not isinstance(task, ContrastiveTask):
+        from headscope.tasks.registry import tasks_fitting
+
+        raise HeadscopeError(f"task '{getattr(task, 'name', task)}' has no clean/corrupted inputs: use a contrastive "
+                             f"task ({', '.join(tasks_fitting((ContrastiveTask,)))}).")
+    return task.batch(model)

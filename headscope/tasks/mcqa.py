@@ -200,6 +200,6 @@ class MCQATask:
         return items[: self.n_val], items[self.n_val :]
 
     @staticmethod
-    def batch(model: Any, items: list[MCQAItem]) -> tuple[torch.Tensor, torch.Tensor]:
+    def item_batch(model: Any, items: list[MCQAItem]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``(tokens, last)`` of items."""
         return pad_right([it.ids for it in items], pad_id(model.tokenizer))

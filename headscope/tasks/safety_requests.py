@@ -195,6 +195,6 @@ class SafetyRequests:
             model.check_length(len(r))
         return rows
 
-    def batch(self, model: Any, kind: str = "harmful") -> tuple[torch.Tensor, torch.Tensor]:
+    def padded(self, model: Any, kind: str = "harmful") -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``(tokens (n, pos), last (n,))`` of the formatted prompts."""
         return pad_right(self.token_rows(model, kind), pad_id(model.tokenizer))

@@ -260,7 +260,7 @@ def cached_zoo_dir(family: str, seed: int = 0) -> Path:
     """
     import transformers
 
-    from headscope.models.cache import cache_root
+    from headscope.cache import cache_root
 
     recipe = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
     target = cache_root() / "zoo" / f"{family}-seed{seed}-tf{transformers.__version__}-{recipe}"

@@ -75,7 +75,7 @@ def verify_cached_step(
         The largest absolute logit difference. Raises :class:`DecodingMismatchError` past the
         tolerance.
     """
-    from headscope.interventions.base import run_with_interventions
+    from headscope.trace.hooks import run_with_interventions
 
     full_tokens = torch.cat([past.to(tokens.device), tokens], dim=1)
     n_past = int(past.shape[1])

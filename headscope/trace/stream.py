@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from headscope.errors import HeadscopeError
-from headscope.interventions.base import intervention_hooks
+from headscope.trace.hooks import intervention_hooks
 
 
 def capture_stream(

@@ -217,7 +217,7 @@ def trace(
     stop_early = not keep_logits
     label = progress if isinstance(progress, str) else "tracing"
     bridge = model.bridge
-    from headscope.interventions.base import intervention_hooks
+    from headscope.trace.hooks import intervention_hooks
 
     for iv in interventions:
         iv.prepare(model)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from headscope.analyzers.direct_logit_attribution import direct_logit_attribution_values
-from headscope.analyzers.ov_circuit import effective_embedding, ov_logits
 from headscope.lens.core import final_logits, head_vectors, lens_logits
+from headscope.lens.ov_circuit import effective_embedding, ov_logits
 from headscope.trace.stream import capture_stream
 
 from .conftest import REFUSED, assert_close

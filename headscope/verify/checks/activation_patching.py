@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from headscope.analyzers.activation_patching import engine_for
+from headscope.patching.engine import engine_for
 from headscope.patching.heads import patch_all_heads
 from headscope.verify.checks.spec import CheckSpec
 from headscope.verify.context import Measured, VerifyContext, compare, worst

@@ -1,6 +1,6 @@
 """``ov_circuit``: the weights and embeddings OV-circuit analyses read are the raw model's.
 
-1. :func:`headscope.analyzers.ov_circuit.ov_weights` of each sampled head: ``W_V`` (of the
+1. :func:`headscope.lens.ov_circuit.ov_weights` of each sampled head: ``W_V`` (of the
    head's KV group under GQA) and ``W_O`` must equal the raw projections' slices (the raw
    modules applied to the identity basis; :mod:`headscope.verify.raw_linear`).
 2. ``effective_embedding(..., "embed")`` of a few prompt tokens must equal what the raw model
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from headscope.analyzers.ov_circuit import effective_embedding, ov_weights
+from headscope.lens.ov_circuit import effective_embedding, ov_weights
 from headscope.verify.checks.spec import CheckSpec
 from headscope.verify.context import Measured, VerifyContext, compare, worst
 from headscope.verify.outcomes import reference

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from headscope.analyzers.activation_patching import engine_for
+from headscope.patching.engine import engine_for
 from headscope.patching.paths import Receivers, path_patch
 from headscope.verify.checks.spec import CheckSpec
 from headscope.verify.context import Measured, VerifyContext, compare, worst

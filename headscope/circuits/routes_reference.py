@@ -43,7 +43,7 @@ import torch
 from headscope.circuits.graph import EdgeGraph, Receiver
 
 
-def _sender_output(model: Any, run: dict[str, torch.Tensor], w_o: list[torch.Tensor], name: str) -> torch.Tensor:
+def _sender_output(run: dict[str, torch.Tensor], w_o: list[torch.Tensor], name: str) -> torch.Tensor:
     """(n, pos, d) output of one sender as the reference hooks it (see the module docstring)."""
     if name == "input":
         return run["emb"] - run["pos"] if "pos" in run else run["emb"]
@@ -83,7 +83,7 @@ def reference_scores(model: Any, tokens: torch.Tensor, end: torch.Tensor, graph:
         names = senders_of.setdefault(_site(e.receiver), [])
         if e.sender.name not in names:
             names.append(e.sender.name)
-    outputs = {s: _sender_output(model, run, w_o, s) for s in {x for v in senders_of.values() for x in v}}
+    outputs = {s: _sender_output(run, w_o, s) for s in {x for v in senders_of.values() for x in v}}
     imp_of: dict[str, dict[str, float]] = {}
     zero = 0
     for key, names in senders_of.items():

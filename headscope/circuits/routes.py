@@ -21,7 +21,10 @@ Edge score: over prompts, the mean of the largest importance the edge had at an 
 position (0 where it was never reached); the circuit flag marks edges kept on some prompt's
 route. Head outputs are ``z_h W_O^h``; on post-norm families (Gemma-2/3, OLMo-2) the
 head's share of the post-attention norm's output is taken with the norm's scale frozen at the
-sublayer's (an approximation there). Under GQA a head's value input is its KV head's.
+sublayer's (an approximation there). Under GQA a head's value input is its KV head's. This is
+``aggregate=trace``, the default; ``aggregate=reference`` is EAP-IG's port of the method (every
+input at every position, averaged, no tracing: :mod:`.routes_reference`). The authors' own code
+(``facebookresearch/llm-transparency-tool``) is token level: see :mod:`.token_routes`.
 """
 
 from __future__ import annotations
@@ -45,16 +48,21 @@ def proximity_importance(parts: torch.Tensor, total: torch.Tensor) -> torch.Tens
 
 
 @torch.inference_mode()
-def _clean_run(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+def _clean_run(model: Any, tokens: torch.Tensor, pos_embed: bool = False) -> dict[str, torch.Tensor]:
+    """Cached clean activations (float32, CPU); ``pos_embed``: also ``pos`` (the learned position
+    embedding, where the model has one)."""
     mlp_act = mlp_input_act(model)
     names: dict[str, str] = {"emb": hook_alias("resid_pre", 0), "final": hook_alias("resid_post", model.n_layers - 1)}
+    if pos_embed and "hook_pos_embed" in model.bridge.hook_dict:
+        names["pos"] = "hook_pos_embed"
     for layer in range(model.n_layers):
         for act in ("resid_pre", "attn_out", "mlp_out", "z", "v", "pattern"):
             names[f"{act}{layer}"] = hook_alias(act, layer)
         names[f"mlp_in{layer}"] = hook_alias(mlp_act, layer)
     wanted = set(names.values())
     _, cache = model.bridge.run_with_cache(tokens.to(model.device), names_filter=lambda n: n in wanted)
-    return {k: cache[v].detach().float().cpu() for k, v in names.items()}
+    fired = set(cache.keys())  # rotary models have a pos_embed hook that never fires
+    return {k: cache[v].detach().float().cpu() for k, v in names.items() if k != "pos" or v in fired}
 
 
 def trace_routes(model: Any, tokens: torch.Tensor, end: torch.Tensor, graph: EdgeGraph,
@@ -143,15 +151,18 @@ def _post_scale(model: Any, run: dict[str, torch.Tensor], layer: int) -> torch.T
 
 
 LEVELS = ("component", "token")
+AGGREGATES = ("trace", "reference")
 
 
 @register_circuit_method("routes", "information flow routes: proximity importance traced from the prediction (no corrupted run)",
-                         presets={"paper": {"level": "token", "threshold": 0.04}})
-def routes(model: Any, task: Any, threshold: float = 0.04, level: str = "component") -> Any:
+                         presets={"paper": {"level": "token", "threshold": 0.04},
+                                  "reference": {"level": "component", "aggregate": "reference"}})
+def routes(model: Any, task: Any, threshold: float = 0.04, level: str = "component", aggregate: str = "trace") -> Any:
     """Information flow routes (Ferrando & Voita 2024) on the task's clean prompts.
 
     Args:
-        threshold: the paper's tau: edges with importance above it are kept and traced further.
+        threshold: the paper's tau: edges with importance above it are kept and traced further
+            (``aggregate=reference``: the circuit flag marks edges whose score is above it).
         level: ``component`` (default: the routes projected onto headscope's edge graph, one row
             per sender -> receiver input, comparable with ``eap``/``exact`` and usable by
             ``circuit evaluate`` and ``compare``) or ``token`` (the paper's own graph over
@@ -159,6 +170,12 @@ def routes(model: Any, task: Any, threshold: float = 0.04, level: str = "compone
             :mod:`.token_routes`). The component level is a summary of the paper's route (the
             largest importance an edge reached at any position), not a different method, which
             is why it stays the default: every other circuit tool reads its schema.
+        aggregate: component level only. ``trace`` (default): the route traced from END as
+            above (max over positions on the route, q/k edges 0). ``reference``: EAP-IG's
+            ``get_scores_information_flow_routes`` (``hannamw/EAP-IG`` @795f560,
+            ``src/eap/attribute.py`` L310-415): every receiver input (q, k, v, MLP, logits)
+            scored at every position, importance averaged over the prompt's positions and over
+            prompts, no tracing (:mod:`.routes_reference`; preset ``reference``).
     """
     from headscope.results import build_provenance
     from headscope.results.edge_scores import EdgeScores
@@ -168,17 +185,48 @@ def routes(model: Any, task: Any, threshold: float = 0.04, level: str = "compone
         raise HeadscopeError(f"threshold must be between 0 and 1 (an importance share); got {threshold}.")
     if level not in LEVELS:
         raise HeadscopeError(f"level must be component or token (token: the paper's graph over positions); got '{level}'.")
+    if aggregate not in AGGREGATES:
+        raise HeadscopeError(f"aggregate must be trace or reference (reference: EAP-IG's route scores); got '{aggregate}'.")
+    if level == "token" and aggregate != "trace":
+        raise HeadscopeError("aggregate=reference is a component-level score: use level=component (or drop aggregate).")
     batch = contrastive_batch(model, task)
     if level == "token":
         return _token_result(model, task, batch, threshold)
     graph = EdgeGraph.of(model)
-    score, kept = trace_routes(model, batch.clean, batch.end, graph, threshold)
     info = task.describe()
-    prov = build_provenance(model, task=info, analyzer="circuit:routes", options={"threshold": threshold},
+    if aggregate == "reference":
+        return _reference_result(model, task, batch, graph, threshold)
+    score, kept = trace_routes(model, batch.clean, batch.end, graph, threshold)
+    prov = build_provenance(model, task=info, analyzer="circuit:routes", options={"threshold": threshold, "aggregate": "trace"},
                             choices={"score": "mean over prompts of the largest proximity importance on the route (0: not reached)",
                                      "inputs": "values and residual only (q/k edges are 0: they move no information)",
                                      "start": "logits input at each prompt's END", "n_kept": int(kept.sum())},
                             seed=info.get("seed"))
+    return EdgeScores.from_edges(graph.edges, score.tolist(), kept.tolist(), model=model.spec, task=task.name,
+                                 method="routes", provenance=prov)
+
+
+def _reference_result(model: Any, task: Any, batch: Any, graph: EdgeGraph, threshold: float) -> Any:
+    """EdgeScores of :func:`headscope.circuits.routes_reference.reference_scores` with provenance."""
+    from headscope.circuits.routes_reference import reference_scores
+    from headscope.results import build_provenance
+    from headscope.results.edge_scores import EdgeScores
+
+    score, zero = reference_scores(model, batch.clean, batch.end, graph)
+    kept = score > threshold
+    info = task.describe()
+    prov = build_provenance(
+        model, task=info, analyzer="circuit:routes", options={"threshold": threshold, "aggregate": "reference"},
+        choices={"score": "mean over prompts of the mean over real positions (0..END) of the proximity importance of the sender's "
+                          "output in the receiver input's residual (hannamw/EAP-IG @795f560 src/eap/attribute.py "
+                          "get_scores_information_flow_routes L310-415)",
+                 "inputs": "every q, k, v, MLP and logits input; q/k/v of one layer read the same residual, so they score alike",
+                 "senders": "input: token embedding (hook_embed; learned position embedding excluded), heads: z_h W_O^h "
+                            "(hook_result), MLPs: hook_mlp_out",
+                 "gqa": "k/v receivers are KV heads: the group's query heads' scores, which are equal",
+                 "start": "none (no tracing from END)", "circuit": f"score > threshold ({threshold})",
+                 "zero_sum_positions": zero, "n_kept": int(kept.sum())},
+        seed=info.get("seed"))
     return EdgeScores.from_edges(graph.edges, score.tolist(), kept.tolist(), model=model.spec, task=task.name,
                                  method="routes", provenance=prov)
 

@@ -29,6 +29,13 @@ Output rows (per prompt, column ``prompt``): every edge into an active node whos
 positive, ``sender`` / ``receiver`` the node names, ``source_position`` / ``position`` their
 positions, ``via`` the component (``a{l}.h{h}``, ``m{l}`` or ``resid``), ``score`` the
 importance and ``circuit`` whether it is on the route (``imp > tau``).
+
+The authors' code: ``facebookresearch/llm-transparency-tool`` @f1340f0,
+``llm_transparency_tool/routes/contributions.py`` (``get_contributions``: proximity clipped at
+``EPS = 1e-5``; ``get_attention_contributions``; ``get_mlp_contributions``) and
+``routes/graph.py`` (``build_full_graph``, ``build_paths_to_predictions``). Departures: edges
+per query head (the tool sums a token pair's heads), proximity clipped at 0, and the attention
+output bias a term of the sum (the tool leaves ``b_O`` in the whole without a part).
 """
 
 from __future__ import annotations

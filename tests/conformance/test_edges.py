@@ -204,7 +204,8 @@ def test_composition_scores_match_a_hand_formula(fam, zoo_cache):
 
 METHOD_OPTIONS = {"eap": {}, "eap_ig": {"steps": 2}, "exact": {}, "verified": {"candidates": 4, "curve": False},
                   "composition": {}, "routes": {}}
-VARIANTS = [("eap", {"positions": "each"}), ("eap_ig", {"steps": 2, "positions": "each"}), ("routes", {"level": "token"})]
+VARIANTS = [("eap", {"positions": "each"}), ("eap_ig", {"steps": 2, "positions": "each"}), ("routes", {"level": "token"}),
+            ("routes", {"aggregate": "reference"})]
 """Options that change the table's shape (per-position rows, token-level routes): run on every family too."""
 
 

@@ -55,9 +55,10 @@ class PromptTask(Task, Protocol):
 
 
 @runtime_checkable
-class ContrastiveTask(PromptTask, Protocol):
+class ContrastiveTask(Task, Protocol):
     """Clean/corrupted prompts of equal shape with END, answer and wrong tokens
-    (:class:`headscope.tasks.contrastive.ContrastiveBatch`): patching, attribution, circuits."""
+    (:class:`headscope.tasks.contrastive.ContrastiveBatch`): patching, attribution, circuits.
+    (The built-in ones are prompt tasks too: ``tokens(model)`` is the clean batch.)"""
 
     def batch(self, model: Any) -> ContrastiveBatch: ...
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from headscope.cli.display import console, provenance_table, runs_table, top_table
+from headscope.cli.display import console, load_with_status, provenance_table, runs_table, top_table
 from headscope.cli.options import check_device, parse_options
 from headscope.cli.paths import check_output, slug
 from headscope.errors import HeadscopeError
@@ -50,7 +50,6 @@ def score(
     rank 0 writes the merged file; --shard I/N runs one part without a launcher (docs/scaling.md).
     """
     from headscope.cli.sharding import plan_shards
-    from headscope.models import load_model
     from headscope.plan import plan as plan_call
     from headscope.plan import run
 
@@ -78,11 +77,7 @@ def score(
         fractions = kv_policy.parse_fractions(kv_fraction)
 
     def load() -> object:
-        t0 = time.perf_counter()
-        with console.status(f"loading {model} ...", spinner="dots"):
-            loaded = load_model(model, device=device, dtype=dtype, device_map=device_map)
-        console.print(f"{shards.prefix}[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
-        return loaded
+        return load_with_status(model, shards.prefix, device=device, dtype=dtype, device_map=device_map)
 
     t1 = time.perf_counter()
     scores = run(call, load, shards.backend)

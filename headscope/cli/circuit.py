@@ -63,11 +63,10 @@ def register(app: typer.Typer) -> None:
                 raise HeadscopeError(f"{', '.join(given)} before '{ctx.invoked_subcommand}' belong to the method run: "
                                      f"put them after it (headscope circuit {ctx.invoked_subcommand} FILE {given[0]} ...).")
             return
-        from headscope.cli.display import console
+        from headscope.cli.display import console, load_with_status
         from headscope.cli.options import check_device, parse_options
         from headscope.cli.paths import check_output, slug
         from headscope.cli.sharding import plan_shards
-        from headscope.models import load_model
         from headscope.plan import plan as plan_call
         from headscope.plan import run
 
@@ -81,11 +80,7 @@ def register(app: typer.Typer) -> None:
             plot = check_output(plot, ".html", "--plot")
 
         def load() -> object:
-            t0 = time.perf_counter()
-            with console.status(f"loading {model} ...", spinner="dots"):
-                loaded = load_model(model, device=device, dtype=dtype)
-            console.print(f"{shards.prefix}[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
-            return loaded
+            return load_with_status(model, shards.prefix, device=device, dtype=dtype)
 
         t1 = time.perf_counter()
         scores = run(call, load, shards.backend)

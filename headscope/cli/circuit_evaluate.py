@@ -66,12 +66,11 @@ def register(group: typer.Typer) -> None:
     ) -> None:
         """Faithfulness, faithfulness curve, completeness and minimality of a saved circuit."""
         from headscope.circuits.evaluate import evaluate_circuit
-        from headscope.cli.display import console
+        from headscope.cli.display import console, load_with_status
         from headscope.cli.options import check_device, parse_options, route_options
         from headscope.cli.paths import check_output, slug
         from headscope.errors import HeadscopeError
         from headscope.methods import MethodInfo
-        from headscope.models import load_model
         from headscope.plan import plan_task
         from headscope.results.edge_scores import read_edge_scores
         from headscope.tasks.protocols import ContrastiveTask
@@ -99,10 +98,7 @@ def register(group: typer.Typer) -> None:
         out = check_output(out or Path("results") / f"{slug(model)}_{task}_circuit_eval.parquet", suffix, "--out")
         task_obj = plan_task(task, task_kw, requires=ContrastiveTask, what="circuit evaluation")
         sizes = _sizes(eval_kw.pop("sizes", ""))
-        t0 = time.perf_counter()
-        with console.status(f"loading {model} ...", spinner="dots"):
-            loaded = load_model(model, device=device, dtype=dtype)
-        console.print(f"[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
+        loaded = load_with_status(model, device=device, dtype=dtype)
         source = {"file": str(edges), "model": str(table["model"].iloc[0]), "task": made_task,
                   "task_params": recorded, "method": str(table["method"].iloc[0]),
                   "edges": int(table["circuit"].sum())}

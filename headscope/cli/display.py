@@ -11,6 +11,20 @@ from rich.table import Table
 console = Console()
 
 
+def load_with_status(model: str, prefix: str = "", **kwargs: Any) -> Any:
+    """:func:`headscope.load_model` under a spinner, then one line with the model and the seconds
+    it took (``prefix``: a rank's ``[rank i]``)."""
+    import time
+
+    from headscope.models import load_model
+
+    t0 = time.perf_counter()
+    with console.status(f"loading {model} ...", spinner="dots"):
+        loaded = load_model(model, **kwargs)
+    console.print(f"{prefix}[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
+    return loaded
+
+
 def top_table(scores: Any, k: int = 10, title: str = "top heads") -> Table:
     """A table of the top ``k`` heads for each metric (with a ``run`` column when rows carry one)."""
     table = Table(title=title, show_lines=False)

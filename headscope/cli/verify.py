@@ -59,12 +59,10 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16"),
     ) -> None:
         """Check headscope against an independent raw Hugging Face copy of MODEL (exit 1 on any FAIL)."""
-        import time
 
-        from headscope.cli.display import console
+        from headscope.cli.display import console, load_with_status
         from headscope.cli.paths import check_output
         from headscope.errors import HeadscopeError
-        from headscope.models import load_model
         from headscope.results import atomic_write
         from headscope.verify import verify_model
 
@@ -72,10 +70,7 @@ def register(app: typer.Typer) -> None:
             raise HeadscopeError(f"--prompts must be at least 1; got {prompts}.")
         if out is not None:
             out = check_output(out, ".json", "--out")
-        t0 = time.perf_counter()
-        with console.status(f"loading {model} ...", spinner="dots"):
-            loaded = load_model(model, device=device, dtype=dtype)
-        console.print(f"[bold]model[/] {loaded!r}  ({time.perf_counter() - t0:.1f} s)")
+        loaded = load_with_status(model, device=device, dtype=dtype)
         with console.status("verifying ...", spinner="dots") as status:
             report = verify_model(
                 loaded, prompts=prompts, seed=seed,

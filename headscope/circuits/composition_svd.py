@@ -27,6 +27,12 @@ Identity: ``OV_A X = sum_i u_i (sigma_i v_i^T X)`` with orthonormal ``u_i``, so
 of the whole edge, ``sum_i contribution_i^2 = CS(OV_A, X)^2`` (the fractions sum to 1), i.e. the
 squared edge score is the ``sigma^2``-weighted mean of the squared component scores.
 
+``writer_norm`` (as :mod:`.composition`): ``none`` (default) decomposes ``W_V W_O P_A`` (the
+writer's ln1, which acts on what A reads, left out); ``fold`` decomposes TransformerLens's folded
+``OV_A = N_A W_V W_O C_w P_A`` (the writer's ln1 ``N_A`` in its W_V, W_O centred on LayerNorm
+families: ``fold_ln`` + ``center_writing_weights``), so the write directions ``v_i`` and
+singular values are those of ``TransformerBridge.OV`` on a compatibility-mode bridge.
+
 The SVD is computed from the factors, ``Lv = Q1 R1``, ``Ro^T = Q2 R2`` (QR),
 ``R1 R2^T = U S V^T``: ``u = Q1 U``, ``v = Q2 V`` (exact, d_head x d_head work). Singular vectors
 are defined up to sign (the scores are norms) and, where singular values repeat, up to a
@@ -35,12 +41,18 @@ rotation within their subspace (then only the subspace's total is meaningful).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
 
-from headscope.circuits.composition import CompositionWeights, composition_scores, reader_heads
+from headscope.circuits.composition import (
+    WRITER_NORM_CHOICES,
+    CompositionWeights,
+    check_writer_norm,
+    composition_scores,
+    reader_heads,
+)
 from headscope.circuits.graph import Edge, EdgeGraph
 from headscope.circuits.methods import circuit_mask, register_circuit_method
 from headscope.errors import HeadscopeError
@@ -95,7 +107,7 @@ def _top(parts: dict[str, torch.Tensor], rank: int | None) -> torch.Tensor:
 
 
 def composition_svd(model: Any, writer: str, reader: str, kind: str, rank: int | None = None,
-                    weights: CompositionWeights | None = None) -> pd.DataFrame:
+                    weights: CompositionWeights | None = None, writer_norm: str = "none") -> pd.DataFrame:
     """Rank-1 components of ``writer``'s OV and how much ``reader`` reads each (module docstring).
 
     Args:
@@ -105,7 +117,9 @@ def composition_svd(model: Any, writer: str, reader: str, kind: str, rank: int |
             without GQA) for ``k`` / ``v``.
         kind: ``q``, ``k`` or ``v`` (Q-, K-, V-composition).
         rank: keep the ``rank`` components with the largest ``fraction`` (None: all d_head).
-        weights: precomputed :class:`CompositionWeights` (reused across calls).
+        weights: precomputed :class:`CompositionWeights` (reused across calls; it fixes the
+            convention, ``writer_norm`` is then ignored).
+        writer_norm: ``none`` or ``fold`` (module docstring), for the weights built here.
 
     Returns:
         One row per component, by decreasing fraction: ``writer, reader, kind, component`` (SVD
@@ -119,7 +133,7 @@ def composition_svd(model: Any, writer: str, reader: str, kind: str, rank: int |
     edge = EdgeGraph.of(model).edge(writer, reader, kind)
     if edge.sender.kind != "head" or edge.receiver.kind != "head":
         raise HeadscopeError(f"composition is between attention heads: writer a<L>.h<H>, reader a<L>.h<H> or a<L>.kv<G>; got {writer} -> {reader}.")
-    parts = edge_components(weights or CompositionWeights(model), edge, model.kv_groups())
+    parts = edge_components(weights or CompositionWeights(model, check_writer_norm(writer_norm)), edge, model.kv_groups())
     keep = _top(parts, rank)
     return pd.DataFrame({
         "writer": writer, "reader": reader, "kind": kind, "component": keep.tolist(),
@@ -130,7 +144,8 @@ def composition_svd(model: Any, writer: str, reader: str, kind: str, rank: int |
 
 @register_circuit_method("composition_svd", "top composition edges split into the writer's rank-1 SVD components (Merullo et al. 2024)",
                          requires=())
-def composition_svd_method(model: Any, task: Any, top_edges: int = 10, rank: int = 3, threshold: float | None = None) -> Any:
+def composition_svd_method(model: Any, task: Any, top_edges: int = 10, rank: int = 3, threshold: float | None = None,
+                           writer_norm: Literal["none", "fold"] = "none") -> Any:
     """The ``top_edges`` head-to-head edges by composition score (``method composition``), each
     split into its writer's ``rank`` rank-1 SVD components that explain most of it; the task is
     not run.
@@ -143,17 +158,22 @@ def composition_svd_method(model: Any, task: Any, top_edges: int = 10, rank: int
     Args:
         top_edges, threshold: which edges (as the circuit flag of ``composition``).
         rank: components kept per edge (largest fraction first).
+        writer_norm: ``none`` (default): the writer's own ln1 left out of the decomposed OV (it
+            acts on what the writer reads, not on the path to the reader); ``fold``:
+            TransformerLens's folded weights (module docstring), for both the edge ranking and
+            the decomposed OV.
     """
     from headscope.results import build_provenance
     from headscope.results.edge_scores import EdgeScores
 
     if rank < 1:
         raise HeadscopeError(f"rank must be at least 1 (components per edge); got {rank}.")
+    check_writer_norm(writer_norm)
     graph = EdgeGraph.of(model)
-    edges, scores = composition_scores(model, graph)
+    edges, scores = composition_scores(model, graph, writer_norm)
     chosen = circuit_mask(scores, top_edges, threshold)
     order = [i for i in scores.nan_to_num(nan=-1.0).argsort(descending=True, stable=True).tolist() if chosen[i]]
-    w, groups = CompositionWeights(model), model.kv_groups()
+    w, groups = CompositionWeights(model, writer_norm), model.kv_groups()
     rows: list[Edge] = []
     cols: dict[str, list[float]] = {k: [] for k in SVD_COLUMNS}
     for i in order:
@@ -166,11 +186,12 @@ def composition_svd_method(model: Any, task: Any, top_edges: int = 10, rank: int
         cols["edge_score"] += [float(parts["edge_score"])] * len(keep)
     info = task.describe() if hasattr(task, "describe") else {"name": str(task)}
     prov = build_provenance(model, task=info, analyzer="circuit:composition_svd",
-                            options={"top_edges": top_edges, "rank": rank, "threshold": threshold},
+                            options={"top_edges": top_edges, "rank": rank, "threshold": threshold, "writer_norm": writer_norm},
                             choices={"score": "composition score of the writer's rank-1 SVD component sigma_i u_i v_i^T with the reader's map "
                                               "(Merullo et al. 2024, Fig. 2): ||v_i^T X|| / ||X||_F; matrices as method composition",
                                      "identity": "sum over all components of contribution^2 = edge_score^2 (fractions sum to 1)",
-                                     "gqa": "k/v receivers are KV heads: the group's query heads' maps stacked, never split"})
+                                     "gqa": "k/v receivers are KV heads: the group's query heads' maps stacked, never split",
+                                     "writer_norm": WRITER_NORM_CHOICES[writer_norm]})
     score = cols.pop("score")
     return EdgeScores.from_edges(rows, score, [True] * len(rows), model=model.spec, task=getattr(task, "name", str(task)),
                                  method="composition_svd", extra=cols, provenance=prov)

@@ -13,7 +13,8 @@ edge sets, completeness and minimality, on any contrastive task.
   line up, so it is refused when the prompts' END positions differ or there is one prompt.
 * **Curve**: :func:`.prune.faithfulness_curve` over the table's ``|score|`` ranking, with random
   edge sets of each size as the baseline.
-* **Completeness and minimality** on the circuit's nodes: :mod:`.nodes`.
+* **Completeness and minimality** on the circuit's nodes (``nodes``: heads and MLPs, or Wang et
+  al.'s heads only with the MLPs kept): :mod:`.nodes`.
 * **Cross-task** (Merullo et al. 2023, "Circuit component reuse"): the circuit may come from
   another task than the one it is evaluated on; the provenance records both.
 
@@ -38,6 +39,12 @@ from headscope.errors import HeadscopeError
 from headscope.patching.engine import RunCache
 
 ABLATIONS = ("corrupted", "mean")
+NODE_CHOICES = {
+    "components": "heads and MLPs sending along a circuit edge; input and logits always kept",
+    "heads": "heads sending along a circuit edge (Wang et al. 2022, Sec. 4; Easy-Transformer completeness.py: mlps_to_remove={}); "
+             "MLPs, input and logits always kept; a head is kept or removed at every position (the table has no per-head token; "
+             "Wang et al. keep each head at one token, RELEVANT_TOKENS)",
+}
 
 
 def table_masks(table: Any, graph: EdgeGraph, model_name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +135,7 @@ def _row(quantity: str, value: float, subset: str = "", edges: int = -1, **kw: A
 def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupted", metric: str = "logit_diff",
                      curve: bool = True, sizes: list[int] | None = None, n_random: int = 3, samples: int = 3,
                      greedy: int = 1, seed: int = 0, source: dict[str, Any] | None = None,
-                     reference: Any | None = None) -> CircuitEvaluation:
+                     reference: Any | None = None, nodes: str = "components") -> CircuitEvaluation:
     """Faithfulness, curve, completeness and minimality of the circuit in ``table`` (module docstring).
 
     Args:
@@ -144,6 +151,10 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
         source: where the circuit came from (file, model, task ...), recorded in the provenance.
         reference: another EdgeScores table, e.g. the evaluated task's own circuit (Merullo et al.
             2023): its faithfulness on the same runs and its overlap with the circuit are added.
+        nodes: the nodes of completeness and minimality (:mod:`.nodes`): ``components``
+            (default: heads and MLPs, each knocked out at every position) or ``heads`` (Wang et
+            al. 2022, Sec. 4: attention heads only, MLPs never knocked out; each head kept or
+            knocked out at every position, the table having no per-head token).
 
     Returns:
         A :class:`CircuitEvaluation`. Rows: ``metric`` (subsets ``clean``, ``corrupted``,
@@ -156,6 +167,7 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
     from headscope.circuits.methods import setup
     from headscope.circuits.nodes import (
         NodeKnockout,
+        check_nodes,
         circuit_nodes,
         completeness_rows,
         minimality_rows,
@@ -166,6 +178,7 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
 
     if ablation not in ABLATIONS:
         raise HeadscopeError(f"ablation must be corrupted or mean; got '{ablation}'.")
+    check_nodes(nodes)
     for name, v in (("n_random", n_random), ("samples", samples), ("greedy", greedy)):
         if v < 0:
             raise HeadscopeError(f"{name} must be >= 0; got {v}.")
@@ -197,11 +210,11 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
         ov = circuit_overlap(table, reference)
         for part in ("edges", "nodes"):
             rows.append(_row("overlap", ov[part]["jaccard"], part, f_a=float(ov[part]["both"]), f_b=float(ov[part]["union"])))
-    nodes = circuit_nodes(graph, keep)
-    f = NodeKnockout(engine, runs, graph)
-    rows.append(_row("nodes", len(nodes), "circuit", K=",".join(nodes)))
-    rows += [{**_row("", 0.0, edges=-1), **r} for r in completeness_rows(f, nodes, samples, greedy, seed)]
-    rows += [{**_row("", 0.0, edges=-1), **r} for r in minimality_rows(f, nodes, samples, seed)]
+    node_names = circuit_nodes(graph, keep, nodes)
+    f = NodeKnockout(engine, runs, graph, nodes)
+    rows.append(_row("nodes", len(node_names), "circuit", K=",".join(node_names)))
+    rows += [{**_row("", 0.0, edges=-1), **r} for r in completeness_rows(f, node_names, samples, greedy, seed)]
+    rows += [{**_row("", 0.0, edges=-1), **r} for r in minimality_rows(f, node_names, samples, seed)]
     out = pd.DataFrame(rows, columns=["quantity", "subset", "node", "K", "edges", "value", "f_a", "f_b"])
     info = task.describe()
     src = dict(source or {})
@@ -209,8 +222,10 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
         "faithfulness": "(M(C) - M(corrupted)) / (M(clean) - M(corrupted)), every edge outside C removed (patched_graph)",
         "ablation": ("sender's corrupted output, same row" if ablation == "corrupted"
                      else "mean over the corrupted prompts of the sender's output, per position (heads at z)"),
-        "nodes": "heads and MLPs sending along a circuit edge; input and logits always kept",
-        "knockout": "F(X): every edge leaving a head/MLP outside X removed (= its output set to the ablated value)",
+        "nodes": NODE_CHOICES[nodes],
+        "knockout": ("F(X): every edge leaving a head/MLP outside X removed (= its output set to the ablated value), at every position"
+                     if nodes == "components" else
+                     "F(X): every edge leaving a head outside X removed (= its z set to the ablated value) at every position; MLPs never removed"),
         "K_sampling": f"K = {{}}, {samples} random subsets (each node p=1/2, seed {seed}), greedy for {greedy} steps; "
                       "Wang et al. 2022 used mean ablation over ABC and hand-chosen K",
         "clean_metric": clean, "corrupted_metric": corrupted, "n_edges": len(graph.edges),
@@ -220,6 +235,7 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
     }
     prov = build_provenance(model, task=info, analyzer="circuit_evaluate",
                             options={"ablation": ablation, "metric": metric, "curve": curve, "sizes": sizes,
-                                     "n_random": n_random, "samples": samples, "greedy": greedy, "seed": seed},
+                                     "n_random": n_random, "samples": samples, "greedy": greedy, "seed": seed,
+                                     "nodes": nodes},
                             choices=choices, seed=info.get("seed"))
     return CircuitEvaluation(out, prov)

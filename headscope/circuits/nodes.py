@@ -1,15 +1,29 @@
 """Completeness and minimality of a circuit on its nodes (Wang et al. 2022, "Interpretability in
 the Wild", Sec. 4.1-4.3).
 
-**Nodes.** The nodes of an edge circuit ``C`` are the heads ``a{l}.h{h}`` and MLPs ``m{l}`` that
-send along at least one circuit edge (:func:`circuit_nodes`). A component that only receives
-circuit edges is not a node: every edge leaving it is outside ``C``, so it changes nothing in the
-circuit's run. The embedding (``input``) and the logits are always kept, as in Wang et al., whose
-nodes are attention heads. The full model ``M`` is every head and MLP.
+**Nodes** (``nodes``). ``components`` (default): the nodes of an edge circuit ``C`` are the heads
+``a{l}.h{h}`` and MLPs ``m{l}`` that send along at least one circuit edge (:func:`circuit_nodes`),
+and the full model ``M`` is every head and MLP. ``heads``: Wang et al.'s nodes, attention heads
+only: ``C``'s nodes are the heads sending along a circuit edge, ``M`` is every head, and MLPs are
+never knocked out (``redwoodresearch/Easy-Transformer``, ``easy_transformer/completeness.py``
+calls ``do_circuit_extraction(heads_to_keep=..., mlps_to_remove={})`` for ``F(C \\ K)`` and
+``do_circuit_extraction(heads_to_remove=..., mlps_to_remove={})`` for ``F(M \\ K)``). A component
+that only receives circuit edges is not a node: every edge leaving it is outside ``C``, so it
+changes nothing in the circuit's run. The embedding (``input``) and the logits are always kept.
+
+**Positions.** Wang et al.'s node is a head at one token: ``ioi_circuit_extraction.py``'s
+``RELEVANT_TOKENS`` keeps name movers, negative and S-inhibition heads at ``end``, induction and
+duplicate-token heads at ``S2``, previous-token heads at ``S+1``; ``process_heads_and_mlps`` /
+``turn_keep_into_rmv`` knock every other head, and a circuit head at every other position, out
+(``F(C \\ K)``), and ``heads_to_remove`` knocks the heads of ``K`` out only at their relevant token
+(``F(M \\ K)``). headscope's edge circuits have no per-head token (a position-resolved table is
+refused, :func:`headscope.results.edge_scores.require_whole_edges`), so here a node is the head at
+**every** position: kept at all positions or knocked out at all positions, in ``F(C \\ K)`` and
+``F(M \\ K)`` alike (Wang et al.'s scheme with each head's relevant set = all positions).
 
 **Knock-out.** ``F(X)``, for a node set ``X``, is the prompt-mean task metric of the model in
 which only the components in ``X`` (and the embedding) are kept: every edge leaving a head or
-MLP outside ``X`` is patched to the corrupted run (:mod:`.patched_graph`, the same edge patching
+MLP outside ``X`` (with ``nodes=heads``: every head outside ``X``) is patched to the corrupted run (:mod:`.patched_graph`, the same edge patching
 the circuit's faithfulness uses, ablation ``corrupted`` or ``mean``). Removing every outgoing
 edge of a node is the same as replacing the node's output by its corrupted output for every
 reader, so ``F(X)`` is the clean run with the z of each head outside ``X`` (and the output of each
@@ -50,18 +64,35 @@ import torch
 from headscope.circuits.exact import EdgeRuns
 from headscope.circuits.graph import EdgeGraph
 from headscope.circuits.patched_graph import graph_metric
+from headscope.errors import HeadscopeError
 from headscope.patching.engine import PatchEngine
 
+NODE_KINDS = ("components", "heads")
+"""``nodes`` values: ``components`` (heads and MLPs are nodes) or ``heads`` (Wang et al.: heads only, MLPs always kept)."""
 
-def circuit_nodes(graph: EdgeGraph, keep: torch.Tensor) -> list[str]:
-    """The heads and MLPs that send along an edge where ``keep`` (E,) is True, in residual order."""
+
+def check_nodes(nodes: str) -> str:
+    """``nodes`` itself, or a one-line HeadscopeError naming the choices."""
+    if nodes not in NODE_KINDS:
+        raise HeadscopeError(f"nodes must be components (heads and MLPs, default) or heads (Wang et al. 2022: "
+                             f"attention heads only, MLPs never knocked out); got '{nodes}'.")
+    return nodes
+
+
+def _is_node(kind: str, nodes: str) -> bool:
+    return kind == "head" if nodes == "heads" else kind != "input"
+
+
+def circuit_nodes(graph: EdgeGraph, keep: torch.Tensor, nodes: str = "components") -> list[str]:
+    """The heads and MLPs (``nodes="heads"``: the heads) that send along an edge where ``keep`` (E,)
+    is True, in residual order."""
     sending = {e.sender.name for e, k in zip(graph.edges, keep.tolist(), strict=True) if k}
-    return [s.name for s in graph.senders if s.kind != "input" and s.name in sending]
+    return [s.name for s in graph.senders if _is_node(s.kind, check_nodes(nodes)) and s.name in sending]
 
 
-def all_nodes(graph: EdgeGraph) -> list[str]:
-    """Every head and MLP of the graph (the full model ``M``)."""
-    return [s.name for s in graph.senders if s.kind != "input"]
+def all_nodes(graph: EdgeGraph, nodes: str = "components") -> list[str]:
+    """Every head and MLP of the graph (``nodes="heads"``: every head), the full model ``M``."""
+    return [s.name for s in graph.senders if _is_node(s.kind, check_nodes(nodes))]
 
 
 @dataclass
@@ -70,18 +101,21 @@ class NodeKnockout:
 
     Attributes:
         engine, runs, graph: the patching setup (``runs`` carries the corrupted or mean values).
+        nodes: ``components`` or ``heads`` (module docstring): which components can be knocked
+            out; with ``heads`` the MLPs are always kept.
         calls: number of patched-graph runs made (memoised values are not rerun).
     """
 
     engine: PatchEngine
     runs: EdgeRuns
     graph: EdgeGraph
+    nodes: str = "components"
     calls: int = 0
     _memo: dict[frozenset[str], float] = field(default_factory=dict)
 
     def __call__(self, kept: Iterable[str]) -> float:
         kept = set(kept)
-        removed = frozenset(n for n in all_nodes(self.graph) if n not in kept)
+        removed = frozenset(n for n in all_nodes(self.graph, self.nodes) if n not in kept)
         if removed not in self._memo:
             mask = torch.tensor([e.sender.name in removed for e in self.graph.edges], dtype=torch.bool)
             self._memo[removed] = float(graph_metric(self.engine, self.runs, self.graph, mask).mean())
@@ -102,7 +136,7 @@ def incompleteness(f: NodeKnockout, circuit: list[str], k: Iterable[str]) -> tup
     """``(|F(C \\ K) - F(M \\ K)|, F(C \\ K), F(M \\ K))``."""
     k = set(k)
     fc = f([n for n in circuit if n not in k])
-    fm = f([n for n in all_nodes(f.graph) if n not in k])
+    fm = f([n for n in all_nodes(f.graph, f.nodes) if n not in k])
     return abs(fc - fm), fc, fm
 
 

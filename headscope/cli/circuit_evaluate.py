@@ -5,6 +5,7 @@ of a saved circuit (:mod:`headscope.circuits.evaluate`), on its own task or anot
     headscope circuit evaluate ioi_edges.parquet --task induction_contrast -o n_prompts=8   # cross-task
     headscope circuit evaluate edges.parquet -o ablation=mean -o sizes=1,5,10 --out eval.json
     headscope circuit evaluate ioi.parquet --task facts --reference facts.parquet   # next to facts' own circuit
+    headscope circuit evaluate ioi.parquet -o nodes=heads     # Wang et al.'s nodes: heads only, MLPs kept
 
 ``--model`` and ``--task`` default to the table's; on the table's own task the task parameters
 recorded in its provenance are reused (``-o`` overrides them). ``-o KEY=VALUE`` goes to the task
@@ -22,7 +23,7 @@ import typer
 
 def evaluation_options(model: Any, task: Any, ablation: str = "corrupted", metric: str = "logit_diff",
                        curve: bool = True, sizes: str = "", n_random: int = 3, samples: int = 3, greedy: int = 1,
-                       seed: int = 0) -> None:
+                       seed: int = 0, nodes: str = "components") -> None:
     """The ``-o`` options of ``headscope circuit evaluate`` (typed by these annotations).
 
     Args:
@@ -35,6 +36,10 @@ def evaluation_options(model: Any, task: Any, ablation: str = "corrupted", metri
         samples: random subsets K for completeness and minimality.
         greedy: greedy completeness steps.
         seed: seed of the random edge sets and subsets.
+        nodes: nodes of completeness and minimality: ``components`` (heads and MLPs, each
+            knocked out at every position) or ``heads`` (Wang et al. 2022: heads only, MLPs
+            never knocked out; a head is knocked out at every position, the table having no
+            per-head token).
     """
 
 
@@ -64,8 +69,12 @@ def register(group: typer.Typer) -> None:
         option: list[str] | None = typer.Option(None, "--option", "-o", help="task or evaluation option KEY=VALUE (repeatable)"),
         reference: Path | None = typer.Option(None, "--reference", help="another EdgeScores table (e.g. the task's own circuit): its faithfulness and overlap"),
     ) -> None:
-        """Faithfulness, faithfulness curve, completeness and minimality of a saved circuit."""
+        """Faithfulness, faithfulness curve, completeness and minimality of a saved circuit.
+
+        Completeness and minimality nodes: -o nodes=components (default: heads and MLPs, each knocked out at every position) or -o nodes=heads (Wang et al. 2022, Sec. 4: attention heads only, MLPs never knocked out; a head is knocked out at every position).
+        """
         from headscope.circuits.evaluate import evaluate_circuit
+        from headscope.circuits.nodes import check_nodes
         from headscope.cli.display import console, load_with_status
         from headscope.cli.options import check_device, parse_options, route_options
         from headscope.cli.paths import check_output, slug
@@ -98,6 +107,7 @@ def register(group: typer.Typer) -> None:
         out = check_output(out or Path("results") / f"{slug(model)}_{task}_circuit_eval.parquet", suffix, "--out")
         task_obj = plan_task(task, task_kw, requires=ContrastiveTask, what="circuit evaluation")
         sizes = _sizes(eval_kw.pop("sizes", ""))
+        check_nodes(eval_kw.get("nodes", "components"))  # before the model loads
         loaded = load_with_status(model, device=device, dtype=dtype)
         source = {"file": str(edges), "model": str(table["model"].iloc[0]), "task": made_task,
                   "task_params": recorded, "method": str(table["method"].iloc[0]),

@@ -195,3 +195,57 @@ def test_mean_ablation_matches_raw(toy_raw):
     got = evaluate_circuit(model, task, table_of(graph, keep), ablation="mean", curve=False, samples=0, greedy=0)
     assert got.value("metric", "circuit") == pytest.approx(m, abs=1e-4)
     assert got.value("faithfulness", "circuit") == pytest.approx((m - corrupted) / (clean - corrupted), abs=1e-5)
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "llama"])
+def test_head_nodes_keep_mlps_match_raw(fam, zoo_cache, prompts):
+    """``nodes=heads`` (Wang et al. 2022, Sec. 4: nodes are heads, MLPs kept; Easy-Transformer's
+    completeness.py runs every extraction with ``mlps_to_remove={}``): F(X) over head sets X equals
+    the raw run with only the heads outside X set to their corrupted z, every MLP computing on its
+    actual input (raw hooks, no MLP edited). ``circuit evaluate -o nodes=heads``: an MLP sending
+    along circuit edges is not a node, and the completeness / minimality rows are Wang's formulas
+    on those raw F values; the default (MLPs outside C knocked out) gives a different F(C)."""
+    pair = zoo_cache[fam]
+    batch, raw = prompts.batch, pair.raw
+    engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
+    graph = EdgeGraph.of(pair.hs)
+    f = NodeKnockout(engine, prepare(engine, batch.clean, batch.corrupted, graph), graph, "heads")
+    heads = all_nodes(graph, "heads")
+    assert heads == [f"a{layer}.h{h}" for layer in range(raw.n_layers) for h in range(raw.n_heads)]
+    raw_f: dict[frozenset[str], float] = {}
+
+    def F(kept) -> float:  # noqa: ANN001, N802
+        key = frozenset(kept)
+        if key not in raw_f:
+            raw_f[key] = raw_knockout(raw, batch, set(heads) - set(kept))  # heads only: no MLP removed
+        return raw_f[key]
+
+    gen = torch.Generator().manual_seed(5)
+    for kept in ([], heads, *([n for n, p in zip(heads, torch.rand(len(heads), generator=gen) < 0.5, strict=True) if p]
+                              for _ in range(2))):
+        assert_close(torch.tensor(f(kept)), torch.tensor(F(kept)), f"heads-only F({sorted(kept)})")
+    circuit_senders = {"a0.h1", "a1.h0", "a2.h2", "m0"}
+    keep = torch.tensor([e.sender.name in circuit_senders for e in graph.edges])
+    got = evaluate_circuit(pair.hs, FixedTask(batch), table_of(graph, keep), curve=False, samples=2, greedy=1, nodes="heads")
+    circuit = ["a0.h1", "a1.h0", "a2.h2"]
+    t = got.table
+    assert t[t["quantity"] == "nodes"]["K"].iloc[0] == ",".join(circuit)
+    assert got.provenance["options"]["nodes"] == "heads" and "MLPs" in got.provenance["choices"]["nodes"]
+    for r in t[t["quantity"] == "incompleteness"].to_dict("records"):
+        k = set(filter(None, r["K"].split(",")))
+        want = abs(F([n for n in circuit if n not in k]) - F([n for n in heads if n not in k]))
+        assert r["value"] == pytest.approx(want, abs=2e-4), (r, want)
+    mini = t[t["quantity"] == "minimality"].to_dict("records")
+    assert len(mini) == 3 * len(circuit)
+    for r in mini:
+        k = set(filter(None, r["K"].split(",")))
+        want = abs(F([n for n in circuit if n not in k and n != r["node"]]) - F([n for n in circuit if n not in k]))
+        assert r["value"] == pytest.approx(want, abs=2e-4), (r, want)
+    default = evaluate_circuit(pair.hs, FixedTask(batch), table_of(graph, keep), curve=False, samples=0, greedy=0)
+    d = default.table
+    assert "m0" in d[d["quantity"] == "nodes"]["K"].iloc[0]
+    fc_default = float(d[(d["quantity"] == "incompleteness") & (d["subset"] == "empty")]["f_a"].iloc[0])
+    assert abs(fc_default - F(circuit)) > 1e-3, "knocking the MLPs outside C out should change F(C)"
+    with pytest.raises(HeadscopeError, match="nodes must be components") as err:
+        evaluate_circuit(pair.hs, FixedTask(batch), table_of(graph, keep), curve=False, nodes="head")
+    assert "\n" not in str(err.value)

@@ -66,6 +66,9 @@ def main() -> None:
                     help="candidate counts N: ACDC-style greedy pruning (the `verified` method's) of the top-N edges")
     ap.add_argument("--threshold", type=float, default=None,
                     help="pruning threshold on the prompt-mean logit diff (default 1%% of |clean - corrupted|)")
+    ap.add_argument("--threshold-rule", choices=["signed", "abs"], default="signed",
+                    help="pruning rule (the `verified` method's threshold_rule): signed = ACDC's default, abs = "
+                         "|change| < threshold (the rule before issue 22)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -130,10 +133,10 @@ def main() -> None:
         cand[ig.abs().argsort(descending=True, stable=True)[:n_cand]] = True
         def tick(done: int, total: int, kept: int, t0: float = t0, n_cand: int = n_cand) -> None:
             if done % 10 == 0 or done == total:
-                print(f"  pruning top-{n_cand}: {done}/{total} removals tried, {kept} edges kept, "
+                print(f"  pruning top-{n_cand} ({args.threshold_rule}): {done}/{total} removals tried, {kept} edges kept, "
                       f"{time.perf_counter() - t0:.0f} s", flush=True)
 
-        kept, tried = greedy_prune(engine, runs, graph, cand, thr, progress=tick)
+        kept, tried = greedy_prune(engine, runs, graph, cand, thr, progress=tick, threshold_rule=args.threshold_rule)
         n_kept = int(kept.sum())
         gen = torch.Generator().manual_seed(args.seed)
         rand = []
@@ -142,6 +145,7 @@ def main() -> None:
             r[torch.randperm(n_edges, generator=gen)[:n_kept]] = True
             rand.append(faithfulness(engine, runs, graph, r))
         row = {"candidates": n_cand, "kept": n_kept, "removals_tried": tried, "threshold": thr,
+               "threshold_rule": args.threshold_rule,
                "candidates_faithfulness": faithfulness(engine, runs, graph, cand),
                "pruned_faithfulness": faithfulness(engine, runs, graph, kept),
                "random_mean": float(torch.tensor(rand).mean()) if rand else float("nan"),

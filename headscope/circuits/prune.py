@@ -8,12 +8,20 @@
    candidates: start from the candidates (every other edge removed, i.e. patched to the
    corrupted run, :mod:`.patched_graph`); visit receivers in reverse topological order
    (logits first) and, for each, its incoming candidate edges from the latest sender back;
-   remove an edge when the prompt-mean metric moves by less than ``threshold`` from its value
-   before the removal, else keep it. ACDC's reference implementation compares the KL divergence
-   to the clean run before and after each removal (``ArthurConmy/Automatic-Circuit-Discovery``,
-   ``acdc/TLACDCExperiment.py``, ``step``); here the metric is the task's (logit difference, or
-   ``-KL`` with ``metric=kl``). Each trial reruns the model only from its receiver's layer on
-   (:func:`.patched_graph.restart_layer`): in this order no removal changes the layers before it.
+   remove an edge when its removal moves the prompt-mean metric *away from the clean run* by
+   less than ``threshold`` (or moves it toward the clean run), else keep it (``threshold_rule=
+   "signed"``, the default). This is ACDC's rule (``ArthurConmy/Automatic-Circuit-Discovery``,
+   ``acdc/TLACDCExperiment.py``, ``TLACDCExperiment.step``, L608-617: ``result = evaluated_metric -
+   old_metric``, ``abs()`` only when ``abs_value_threshold``, an ``__init__`` option (L67) off by
+   default and the ``--abs-value-threshold`` flag of ``acdc/main.py`` (L170); remove ``if result <
+   self.threshold``). ACDC's metric is a distance from the clean run (KL, or ``-logit diff``,
+   ``acdc/acdc_utils.py``, ``logit_diff_metric``: "negative sign so we minimize"). Here the metric
+   is the task's (logit difference, or ``-KL`` with ``metric=kl``), turned into that orientation
+   by :func:`distance_change`. ``threshold_rule="abs"`` removes an edge only when the metric moves
+   by less than ``threshold`` either way (ACDC's ``abs_value_threshold``; headscope's rule before
+   issue 22): it keeps edges whose removal brings the metric closer to clean. Each trial reruns
+   the model only from its receiver's layer on (:func:`.patched_graph.restart_layer`): in this
+   order no removal changes the layers before it.
 4. **Faithfulness** of an edge set ``C`` (Wang et al. 2022; Hanna et al. 2024):
    ``(M(C) - M(corrupted)) / (M(clean) - M(corrupted))`` with every edge outside ``C`` removed;
    a curve over the top-k edges of the ranking, and the same for random edge sets of each size
@@ -83,16 +91,45 @@ def faithfulness_curve(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, sc
     return out
 
 
+THRESHOLD_RULES = ("signed", "abs")
+_RULE_TEXT = {
+    "signed": "signed (ACDC default, acdc/TLACDCExperiment.py step L608-617): remove when the removal moves the "
+              "metric away from clean by less than the threshold, or toward clean",
+    "abs": "abs (ACDC abs_value_threshold): remove when |metric change| < threshold",
+}
+
+
+def distance_change(value: float, current: float, clean: float, corrupted: float) -> float:
+    """ACDC's ``result = evaluated_metric - old_metric`` in headscope's metric (see the module docstring).
+
+    ACDC's metric ``D`` falls toward the clean run; headscope's ``M`` moves from ``corrupted``
+    toward ``clean``, so ``D = -sign(clean - corrupted) * M`` (logit diff with clean > corrupted:
+    ``D = -M``, ACDC's ``-logit diff``; ``metric=kl``: ``M = -KL``, ``clean = 0 > corrupted``, so
+    ``D = KL``). Returns ``D(value) - D(current)``: positive when removing the edge moved the metric
+    away from clean.
+    """
+    if clean == corrupted:
+        raise HeadscopeError("clean and corrupted runs give the same metric: the signed threshold rule has no "
+                             "direction toward clean; use threshold_rule='abs' or another task.")
+    return (1.0 if clean > corrupted else -1.0) * (current - value)
+
+
 def greedy_prune(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, keep: torch.Tensor, threshold: float,
-                 progress: Callable[[int, int, int], None] | None = None) -> tuple[torch.Tensor, int]:
+                 progress: Callable[[int, int, int], None] | None = None,
+                 threshold_rule: str = "signed") -> tuple[torch.Tensor, int]:
     """ACDC-style greedy removal over the edges in ``keep`` (see the module docstring).
 
     Args:
         progress: called after each trial with (trials done, trials in all, edges kept so far).
+        threshold_rule: ``"signed"`` (ACDC's default): remove when :func:`distance_change` ``<
+            threshold``; ``"abs"``: remove when ``|value - current| < threshold``.
 
     Returns:
         (the kept edges (E,) bool, the number of removals tried).
     """
+    if threshold_rule not in THRESHOLD_RULES:
+        raise HeadscopeError(f"threshold_rule must be one of {', '.join(THRESHOLD_RULES)}; got '{threshold_rule}'.")
+    clean, corrupted = _baselines(engine, runs)
     keep = keep.clone()
     base = GraphPrefix()
     current = float(graph_metric(engine, runs, graph, ~keep, record=base).mean())
@@ -104,7 +141,8 @@ def greedy_prune(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, keep: to
         trial = keep.clone()
         trial[i] = False
         value = float(graph_metric(engine, runs, graph, ~trial, start=base).mean())
-        if abs(value - current) < threshold:
+        change = abs(value - current) if threshold_rule == "abs" else distance_change(value, current, clean, corrupted)
+        if change < threshold:
             keep, current = trial, value
         if progress is not None:
             progress(done, len(order), int(keep.sum()))
@@ -127,7 +165,7 @@ def agreement(estimate: torch.Tensor, exact: torch.Tensor) -> dict[str, Any]:
 @register_circuit_method("verified", "EAP-IG ranking, exact verification of the top edges, ACDC-style greedy pruning, faithfulness")
 def verified(model: Any, task: Any, steps: int = 5, interpolation: str = "input", metric: str = "logit_diff",
              candidates: int = 50, threshold: float | None = None, n_random: int = 3, curve: bool = True,
-             seed: int = 0) -> Any:
+             seed: int = 0, threshold_rule: str = "signed") -> Any:
     """A verified circuit (see the module docstring).
 
     Args:
@@ -138,11 +176,17 @@ def verified(model: Any, task: Any, steps: int = 5, interpolation: str = "input"
         n_random: random edge sets per size for the faithfulness baseline.
         curve: compute the faithfulness curve (top-k vs random).
         seed: seed of the random edge sets.
+        threshold_rule: ``"signed"`` (default; ACDC's, ``acdc/TLACDCExperiment.py`` L608-617): remove
+            an edge when its removal moves the metric away from clean by less than ``threshold``, or
+            toward clean; ``"abs"`` (ACDC's ``abs_value_threshold``; headscope's rule before issue
+            22): remove when the metric moves by less than ``threshold`` either way.
     """
     from headscope.circuits.attribution import edge_attribution
 
     if candidates < 1:
         raise HeadscopeError(f"candidates must be at least 1; got {candidates}.")
+    if threshold_rule not in THRESHOLD_RULES:
+        raise HeadscopeError(f"threshold_rule must be one of {', '.join(THRESHOLD_RULES)}; got '{threshold_rule}'.")
     _, engine, graph, runs = setup(model, task, metric)
     scores = edge_attribution(engine, runs, graph, steps=steps, interpolation=interpolation, metric=metric)
     n_edges = len(graph.edges)
@@ -155,11 +199,11 @@ def verified(model: Any, task: Any, steps: int = 5, interpolation: str = "input"
     thr = 0.01 * abs(clean - corrupted) if threshold is None else float(threshold)
     keep = torch.zeros(n_edges, dtype=torch.bool)
     keep[top] = True
-    pruned, tried = greedy_prune(engine, runs, graph, keep, thr)
+    pruned, tried = greedy_prune(engine, runs, graph, keep, thr, threshold_rule=threshold_rule)
     choices: dict[str, Any] = {
         "ranking": f"EAP-IG, {steps} steps, {interpolation} interpolation",
         "verification": agreement(scores[top], exact),
-        "pruning": {"threshold": thr, "candidates": int(len(top)), "removals_tried": tried, "kept": int(pruned.sum()),
+        "pruning": {"threshold": thr, "threshold_rule": _RULE_TEXT[threshold_rule], "candidates": int(len(top)), "removals_tried": tried, "kept": int(pruned.sum()),
                     "order": "receivers from the logits back, each one's senders from the latest back (ACDC)"},
         "circuit_faithfulness": faithfulness(engine, runs, graph, pruned),
         "candidates_faithfulness": faithfulness(engine, runs, graph, keep),
@@ -169,5 +213,6 @@ def verified(model: Any, task: Any, steps: int = 5, interpolation: str = "input"
                                                            n_random=n_random, seed=seed)
     return result(model, task, "verified", graph, runs, scores, pruned,
                   {"steps": steps, "interpolation": interpolation, "metric": metric, "candidates": candidates,
-                   "threshold": threshold, "n_random": n_random, "curve": curve, "seed": seed},
+                   "threshold": threshold, "n_random": n_random, "curve": curve, "seed": seed,
+                   "threshold_rule": threshold_rule},
                   choices, extra={"exact": exact_col.tolist()})

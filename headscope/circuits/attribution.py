@@ -82,6 +82,7 @@ import torch
 
 from headscope.circuits.exact import EdgeRuns, _stop
 from headscope.circuits.graph import EdgeGraph
+from headscope.circuits.sender_delta import sender_deltas
 from headscope.errors import HeadscopeError
 from headscope.patching.engine import PatchEngine, hook_alias
 
@@ -267,6 +268,7 @@ def edge_attribution(
     metric: str = "logit_diff",
     grid: str = "clean_end",
     positions: str = "sum",
+    sender_delta: str = "post_norm",
 ) -> torch.Tensor:
     """EAP (``steps=1``) or EAP-IG scores of every edge of ``graph``.
 
@@ -284,6 +286,10 @@ def edge_attribution(
     is the p-th token of every prompt; padding sits after a prompt's END, where a causal model's
     metric cannot read it, so its gradient (and score) there is exactly 0.
 
+    ``sender_delta``: the head differences the gradients multiply, ``post_norm`` (``runs.deltas``,
+    after the post-attention norm on Gemma-2/3 and OLMo-2) or ``pre_norm`` (the reference's
+    per-head ``hook_result`` difference, before it); see :mod:`headscope.circuits.sender_delta`.
+
     Returns:
         (len(graph.edges),) or, for ``positions="each"``, (len(graph.edges), pos): estimated
         ``M(edge patched) - M(clean)`` of the prompt-mean metric.
@@ -295,6 +301,7 @@ def edge_attribution(
     if grid not in GRIDS:
         raise HeadscopeError(f"grid must be one of {', '.join(GRIDS)}; got '{grid}'.")
     check_positions(positions)
+    deltas = sender_deltas(engine.model, runs, sender_delta)
     fn = metric_fn(engine, runs, metric)
     total: dict[str, torch.Tensor] = {}
     nodes: list[str | None] = activation_nodes(engine.model.n_layers) if interpolation == "activations" else [None]
@@ -308,15 +315,15 @@ def edge_attribution(
     rows = torch.tensor([s_index[e.sender.name] for e in graph.edges])
     if positions == "sum":
         r_index = {r.key: i for i, r in enumerate(graph.receivers)}
-        deltas = torch.stack([runs.deltas[s.name] for s in graph.senders]).flatten(1).float()  # (S, n*pos*d)
+        stacked = torch.stack([deltas[s.name] for s in graph.senders]).flatten(1).float()  # (S, n*pos*d)
         grads = torch.stack([total[r.key] / steps for r in graph.receivers]).flatten(1).float()  # (R, n*pos*d)
-        table = deltas @ grads.T  # (S, R)
+        table = stacked @ grads.T  # (S, R)
         cols = torch.tensor([r_index[e.receiver.key] for e in graph.edges])
         return table[rows, cols].cpu()
-    return _per_position(runs, graph, total, steps, rows, RECEIVER_CHUNK)
+    return _per_position(deltas, graph, total, steps, rows, RECEIVER_CHUNK)
 
 
-def _per_position(runs: EdgeRuns, graph: EdgeGraph, total: dict[str, torch.Tensor], steps: int,
+def _per_position(by_sender: dict[str, torch.Tensor], graph: EdgeGraph, total: dict[str, torch.Tensor], steps: int,
                   rows: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """(E, pos) scores: ``sum_{prompt, d} delta_s[., p, .] * grad_r[., p, .]`` for every edge.
 
@@ -325,7 +332,7 @@ def _per_position(runs: EdgeRuns, graph: EdgeGraph, total: dict[str, torch.Tenso
     largest temporaries are one chunk's stacked gradients and its (pos, S, chunk) table, never
     (edges, n, pos, d).
     """
-    deltas = torch.stack([runs.deltas[s.name] for s in graph.senders]).float()  # (S, n, pos, d)
+    deltas = torch.stack([by_sender[s.name] for s in graph.senders]).float()  # (S, n, pos, d)
     n_senders, n, n_pos, d = deltas.shape
     by_pos = deltas.permute(2, 0, 1, 3).reshape(n_pos, n_senders, n * d)  # (pos, S, n*d)
     del deltas

@@ -135,9 +135,9 @@ def result(model: Any, task: Any, method: str, graph: Any, runs: Any, scores: to
 
 
 @register_circuit_method("eap", "edge attribution patching: all edges from one corrupted forward and one clean forward+backward",
-                         requires=ContrastiveTask)
+                         requires=ContrastiveTask, presets={"paper": {"sender_delta": "pre_norm"}})
 def eap(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100, threshold: float | None = None,
-        positions: str = "sum") -> Any:
+        positions: str = "sum", sender_delta: str = "post_norm") -> Any:
     """EAP scores of every edge (Syed, Rager & Conmy 2023).
 
     Args:
@@ -145,22 +145,33 @@ def eap(model: Any, task: Any, metric: str = "logit_diff", top_edges: int = 100,
         top_edges, threshold: the circuit flag (see the module docstring).
         positions: ``sum`` (one row per edge) or ``each`` (one row per edge and token position,
             column ``position``; the circuit flag then ranks rows).
+        sender_delta: ``post_norm`` (a head's change of the attention sublayer's residual write,
+            after the post-attention norm on Gemma-2/3 and OLMo-2: the edit exact patching makes)
+            or ``pre_norm`` (hannamw/EAP-IG's per-head ``hook_result`` difference, before that
+            norm; preset ``paper``). The same on models without post-attention norms; see
+            :mod:`headscope.circuits.sender_delta`.
     """
     from headscope.circuits.attribution import check_positions, edge_attribution
+    from headscope.circuits.sender_delta import check_sender_delta, describe
 
     check_positions(positions)
+    check_sender_delta(sender_delta)
     _, engine, graph, runs = setup(model, task, metric)
-    scores = edge_attribution(engine, runs, graph, steps=1, metric=metric, positions=positions)
+    scores = edge_attribution(engine, runs, graph, steps=1, metric=metric, positions=positions, sender_delta=sender_delta)
     circuit = circuit_mask(scores.flatten(), top_edges, threshold)
     return result(model, task, "eap", graph, runs, scores, circuit,
-                  {"metric": metric, "top_edges": top_edges, "threshold": threshold, "positions": positions},
-                  {"gradient": "at the clean run, per receiver input (q/k/v through ln1 per head)"})
+                  {"metric": metric, "top_edges": top_edges, "threshold": threshold, "positions": positions,
+                   "sender_delta": sender_delta},
+                  {"gradient": "at the clean run, per receiver input (q/k/v through ln1 per head)",
+                   "sender_delta": f"{sender_delta}: {describe(model, sender_delta)}"})
 
 
 @register_circuit_method("eap_ig", "EAP with integrated gradients along clean<->corrupted", requires=ContrastiveTask,
-                         presets={"paper": {"steps": 5, "interpolation": "input", "grid": "corrupted_end"}})
+                         presets={"paper": {"steps": 5, "interpolation": "input", "grid": "corrupted_end",
+                                            "sender_delta": "pre_norm"}})
 def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", metric: str = "logit_diff",
-           top_edges: int = 100, threshold: float | None = None, grid: str = "clean_end", positions: str = "sum") -> Any:
+           top_edges: int = 100, threshold: float | None = None, grid: str = "clean_end", positions: str = "sum",
+           sender_delta: str = "post_norm") -> Any:
     """EAP-IG scores of every edge (Hanna, Pezzelle & Belinkov 2024).
 
     Args:
@@ -174,19 +185,25 @@ def eap_ig(model: Any, task: Any, steps: int = 5, interpolation: str = "input", 
         grid: ``clean_end`` (k = 1..steps: steps=1 is EAP) or ``corrupted_end`` (k = 0..steps-1,
             the authors' input-interpolation grid; preset ``paper``).
         positions: ``sum`` or ``each`` (one row per edge and token position, as for ``eap``).
+        sender_delta: ``post_norm`` or ``pre_norm`` (preset ``paper``), as for ``eap``; with
+            ``interpolation=activations`` ``pre_norm`` is the reference's procedure throughout
+            (held heads at their z, differences at ``hook_result``).
     """
     from headscope.circuits.attribution import check_positions, edge_attribution
+    from headscope.circuits.sender_delta import check_sender_delta, describe
 
     check_positions(positions)
+    check_sender_delta(sender_delta)
     _, engine, graph, runs = setup(model, task, metric)
     scores = edge_attribution(engine, runs, graph, steps=steps, interpolation=interpolation, metric=metric, grid=grid,
-                              positions=positions)
+                              positions=positions, sender_delta=sender_delta)
     circuit = circuit_mask(scores.flatten(), top_edges, threshold)
     return result(model, task, "eap_ig", graph, runs, scores, circuit,
                   {"steps": steps, "interpolation": interpolation, "metric": metric, "top_edges": top_edges,
-                   "threshold": threshold, "grid": grid, "positions": positions},
+                   "threshold": threshold, "grid": grid, "positions": positions, "sender_delta": sender_delta},
                   {"path": "points corrupted + k/steps (clean - corrupted), k = 1..steps (grid clean_end: steps=1 is EAP) or "
-                           "k = 0..steps-1 (grid corrupted_end, hannamw/EAP-IG's input mode)"})
+                           "k = 0..steps-1 (grid corrupted_end, hannamw/EAP-IG's input mode)",
+                   "sender_delta": f"{sender_delta}: {describe(model, sender_delta)}"})
 
 
 @register_circuit_method("exact", "exact edge patching of every edge (the reference; small models)", shard=EXACT_SHARDS,

@@ -8,22 +8,26 @@ corrupted`` and everything else recomputed; every run's gradient at every receiv
 (``hook_q/k/v_input``, ``hook_mlp_in``, the final residual) is accumulated against
 ``corrupted - clean`` of each sender and divided by the number of runs.
 
-Here that procedure is written with plain HF module hooks and autograd (no headscope): a
-zero-valued leaf ``eps`` is added at each receiver's read of the residual (for a q/k/v unit,
-only through that unit's projection), so ``d metric / d eps`` is the gradient at that input
-with every other path kept. A head group is held at its interpolated input of the output
-projection (``o_proj``), so on Gemma-2 the post-attention norm is recomputed from it, as
-TransformerLens' ``ln1_post`` after ``hook_result``.
+Here that procedure is written with plain HF module hooks and autograd (no headscope): the
+gradients come from :func:`raw_eap.raw_receiver_grads` (a zero-valued leaf at each receiver's
+read of the residual). A head group is held at its interpolated input of the output projection
+(``o_proj``), so on Gemma-2 the post-attention norm is recomputed from it, as TransformerLens'
+``ln1_post`` after ``hook_result``.
+
+The sender differences the gradients multiply come in two versions. ``deltas="reference"``:
+the reference's own, :func:`raw_eap.reference_deltas` (per head ``(z_corr - z_clean)_h W_O^h`` from
+``o_proj``'s input and weight, before the post-attention norm); headscope matches it with
+``sender_delta=pre_norm``. ``deltas="headscope"``: :func:`raw_edges.sender_deltas`, the change of
+the sublayer's residual write with one head corrupted (after the post-norm): headscope's default
+``post_norm`` convention, *not* the reference's on Gemma-2 and OLMo-2 (identical on Llama).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 import headscope as hs
 from headscope.circuits.attribution import edge_attribution
@@ -33,67 +37,25 @@ from headscope.patching import PatchEngine
 from headscope.toy.zoo import build_zoo_hf
 
 from .conftest import assert_close
+from .raw_eap import add_eps, raw_receiver_grads, reference_deltas
 from .raw_edges import _replace_input, sender_deltas
 from .raw_hf import RawHF, logit_diff
 
 
-def _add_eps(eps: torch.Tensor):  # noqa: ANN202
-    return _replace_input(lambda x: x + eps)
-
-
-def raw_receiver_grads(raw: RawHF, batch: Any, receivers: list[Any],
-                       held: Callable[[], list[Any]]) -> dict[str, torch.Tensor]:
-    """Gradient of the row-mean raw logit difference at each receiver input, (b, p, d_model),
-    in one clean forward with the hooks ``held()`` registers (the interpolated node group)."""
-    b, p = batch.clean.shape
-    eps = {r.key: torch.zeros(b, p, raw.d_model, requires_grad=True) for r in receivers}
-    resid: dict[int, torch.Tensor] = {}
-    handles = held()
-    for layer in range(raw.n_layers):
-        def keep(x: torch.Tensor, layer: int = layer) -> torch.Tensor:
-            resid[layer] = x.detach()
-            return x
-
-        handles.append(raw.layers[layer].register_forward_pre_hook(_replace_input(keep), with_kwargs=True))
-    for r in receivers:
-        if r.kind == "logits":
-            handles.append(raw.final_norm.register_forward_pre_hook(_add_eps(eps[r.key]), with_kwargs=True))
-        elif r.kind == "mlp":
-            module = raw.pre_mlp_norm(r.layer) or raw.mlp(r.layer)
-            handles.append(module.register_forward_pre_hook(_add_eps(eps[r.key]), with_kwargs=True))
-        else:  # the unit's projection of ln1(resid + eps), zero-valued, added to its slice only
-            proj, norm = raw._proj_module(r.layer, r.input), raw.input_norm(r.layer)
-
-            def extra(module: nn.Module, inputs: Any, out: torch.Tensor, r: Any = r, proj: nn.Module = proj,
-                      norm: nn.Module | None = norm) -> torch.Tensor:
-                x = resid[r.layer] + eps[r.key]
-                y = nn.functional.linear(norm(x) if norm is not None else x, proj.weight, proj.bias)
-                bump = (y - y.detach()).view(*out.shape[:2], -1, raw.d_head)[:, :, r.unit]
-                out = out.clone().view(*out.shape[:2], -1, raw.d_head)
-                out[:, :, r.unit] = out[:, :, r.unit] + bump
-                return out.flatten(2)
-
-            handles.append(proj.register_forward_hook(extra))
-    try:
-        with torch.enable_grad():
-            logits = raw.model(input_ids=batch.clean, use_cache=False).logits
-            value = logit_diff(logits, batch.end, batch.answer, batch.wrong).mean()
-            grads = torch.autograd.grad(value, [eps[r.key] for r in receivers], allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
-    # a held group's own inputs (its heads' q/k/v, its MLP's input) do not reach the metric
-    return {r.key: torch.zeros_like(eps[r.key]) if g is None else g for r, g in zip(receivers, grads, strict=True)}
-
-
-def reference_ig_activations(raw: RawHF, batch: Any, edges: list[Any], steps: int, joint: bool = False) -> torch.Tensor:
+def reference_ig_activations(raw: RawHF, batch: Any, edges: list[Any], steps: int, joint: bool = False,
+                              deltas: str = "reference") -> torch.Tensor:
     """(len(edges),) the reference's EAP-IG-activations scores, by raw HF hooks.
 
     ``joint``: instead, every group at each alpha at once, the value replaced but the gradient
     path through the group kept (``x + (target - x).detach()``), averaged over the ``steps`` runs.
+    ``deltas``: ``reference`` (the reference's per-head ``hook_result`` differences) or
+    ``headscope`` (headscope's post-norm sender differences, its default convention).
     """
     clean, corr = raw.run(batch.clean), raw.run(batch.corrupted)
-    deltas = sender_deltas(raw, batch.clean, batch.corrupted)
+    if deltas == "reference":
+        diffs = reference_deltas(raw, batch.clean, batch.corrupted)
+    else:
+        diffs = sender_deltas(raw, batch.clean, batch.corrupted)
     receivers = list({e.receiver.key: e.receiver for e in edges}.values())
     alphas = [k / steps for k in range(1, steps + 1)]
 
@@ -122,24 +84,32 @@ def reference_ig_activations(raw: RawHF, batch: Any, edges: list[Any], steps: in
         register = lambda run=run: [h for n, a in run for h in group(n, a)]  # noqa: E731
         for key, g in raw_receiver_grads(raw, batch, receivers, register).items():
             total[key] += g
-    return torch.stack([(deltas[e.sender.name] * total[e.receiver.key]).sum() / len(runs) for e in edges])
+    return torch.stack([(diffs[e.sender.name] * total[e.receiver.key]).sum() / len(runs) for e in edges])
 
 
 def _some_edges(graph: EdgeGraph) -> list[Any]:
-    """The first and last incoming edge of every third receiver: q, k, v (query / KV heads), MLPs, logits."""
+    """The first and last incoming edge of every third receiver (q, k, v of query / KV heads, MLPs,
+    logits), and its first and last incoming edge out of a head (the first and last incoming
+    edges are out of the embedding and an MLP: alone they would never test a head's difference)."""
     into: dict[str, list[Any]] = {}
     for e in graph.edges:
         into.setdefault(e.receiver.key, []).append(e)
     keys = [r.key for r in graph.receivers][::3] + ["logits<in>"]
-    return [e for k in dict.fromkeys(keys) for e in dict.fromkeys([into[k][0], into[k][-1]])]
+    out = []
+    for k in dict.fromkeys(keys):
+        heads = [e for e in into[k] if e.sender.kind == "head"]
+        out += [into[k][0], into[k][-1], *heads[:1], *heads[-1:]]
+    return list(dict.fromkeys(out))
 
 
 @pytest.mark.parametrize("fam", ["llama", "gemma2", "olmo2"])
 def test_ig_activations_match_the_reference_procedure(fam, zoo_cache, prompts):
-    """headscope's ``interpolation=activations`` equals the reference procedure done by hand on
-    raw HF, per head on the post-norm families (Gemma-2, OLMo-2) where interpolating the
-    sublayer output instead would differ; ``joint`` equals every group held at once with the
-    gradient paths kept."""
+    """headscope's ``interpolation=activations`` with ``sender_delta=pre_norm`` equals the
+    reference procedure done by hand on raw HF with the reference's own sender differences
+    (per-head ``hook_result``, before the post-attention norm), per head on the post-norm
+    families (Gemma-2, OLMo-2) where interpolating the sublayer output instead would differ;
+    ``joint`` equals every group held at once with the gradient paths kept. The default
+    ``post_norm`` equals the same procedure with headscope's post-norm differences instead."""
     pair, batch = zoo_cache[fam], prompts.batch
     engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
     graph = EdgeGraph.of(pair.hs)
@@ -147,10 +117,12 @@ def test_ig_activations_match_the_reference_procedure(fam, zoo_cache, prompts):
     edges = _some_edges(graph)
     idx = [graph.edges.index(e) for e in edges]
     for mode in ("activations", "joint"):
-        got = edge_attribution(engine, runs, graph, steps=3, interpolation=mode)[idx]
-        want = reference_ig_activations(pair.raw, batch, edges, steps=3, joint=mode == "joint")
-        assert want.abs().max() > 1e-2, "the reference scores should not vanish"
-        assert_close(got, want, f"{fam} EAP-IG {mode} vs raw reference per edge", tol=1e-4 + 1e-4 * float(want.abs().max()))
+        for sender_delta, diffs in (("pre_norm", "reference"), ("post_norm", "headscope")):
+            got = edge_attribution(engine, runs, graph, steps=3, interpolation=mode, sender_delta=sender_delta)[idx]
+            want = reference_ig_activations(pair.raw, batch, edges, steps=3, joint=mode == "joint", deltas=diffs)
+            assert want.abs().max() > 1e-2, "the reference scores should not vanish"
+            assert_close(got, want, f"{fam} EAP-IG {mode}, {sender_delta} vs raw procedure with {diffs} deltas per edge",
+                         tol=1e-4 + 1e-4 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("interpolation", ["input", "joint", "activations"])
@@ -179,7 +151,7 @@ def test_eap_ig_converges_on_a_linear_toy(interpolation, prompts, tmp_path):
     if interpolation == "activations":
         delta = raw.run(batch.corrupted).emb - raw.run(batch.clean).emb
         eps = torch.zeros_like(delta, requires_grad=True)
-        handle = raw.final_norm.register_forward_pre_hook(_add_eps(eps), with_kwargs=True)
+        handle = raw.final_norm.register_forward_pre_hook(add_eps(eps), with_kwargs=True)
         try:
             with torch.enable_grad():
                 value = logit_diff(raw.model(input_ids=batch.clean, use_cache=False).logits,

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headscope.errors import HeadscopeError
-from headscope.models.arch import hf_config
+from headscope.models.facts import arch_facts
 
 RECEIVER_INPUTS = ("q", "k", "v", "in")
 
@@ -96,9 +96,9 @@ class Edge:
 
 
 def parallel_residual(model: object) -> bool:
-    """Whether attention and MLP of a block both read the block's input (GPT-NeoX style)."""
-    cfg = hf_config(model)
-    return bool(getattr(cfg, "use_parallel_residual", False) or getattr(cfg, "parallel_attn", False))
+    """Whether attention and MLP of a block both read the block's input (GPT-NeoX style);
+    the model's :class:`headscope.models.facts.ArchFacts`."""
+    return arch_facts(model).parallel_residual
 
 
 def kv_name(model: object, layer: int, g: int) -> str:

@@ -31,7 +31,7 @@ import torch
 
 from headscope.circuits.exact import EdgeRuns
 from headscope.errors import HeadscopeError
-from headscope.models.norms import block_norm
+from headscope.models.facts import arch_facts
 
 SENDER_DELTAS = ("post_norm", "pre_norm")
 
@@ -45,7 +45,7 @@ def check_sender_delta(sender_delta: str) -> None:
 
 def has_post_attention_norm(model: Any) -> bool:
     """True where some block has a norm on the attention output (``ln1_post``: Gemma-2/3, OLMo-2)."""
-    return any(block_norm(model, layer, "ln1_post") is not None for layer in range(model.n_layers))
+    return arch_facts(model).post_attention_norm
 
 
 def pre_norm_deltas(model: Any, runs: EdgeRuns) -> dict[str, torch.Tensor]:

@@ -1,39 +1,26 @@
 """Architecture facts that decide where an intervention or a linear decomposition is exact.
 
-Read from the Hugging Face config and the bridge's attention components, never guessed from
-the model's name. Where headscope cannot be exact on an architecture it raises
-:class:`UnsupportedArchitectureError`, one line naming the architecture and the reason.
+Thin accessors over the model's one facts object (:func:`headscope.models.facts.arch_facts`,
+read from the Hugging Face config and the bridge's modules and checked against the family file
+in :mod:`headscope.models.families`), never guessed from the model's name. Where headscope
+cannot be exact on an architecture it raises :class:`UnsupportedArchitectureError`, one line
+naming the architecture and the reason.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from headscope.errors import HeadscopeError
+from headscope.models.config import UnsupportedArchitectureError, architecture, hf_config
+from headscope.models.facts import arch_facts
 
-
-class UnsupportedArchitectureError(HeadscopeError):
-    """This analysis cannot be exact on this architecture (the message says why)."""
-
-
-def architecture(model: Any) -> str:
-    """The HF model class name, e.g. ``Gemma2ForCausalLM``."""
-    return type(model.bridge.original_model).__name__
-
-
-def hf_config(model: Any) -> Any:
-    """The Hugging Face config of the wrapped model (its text config for multimodal wrappers)."""
-    cfg = model.bridge.original_model.config
-    return getattr(cfg, "text_config", None) or cfg
-
-
-def _attn(model: Any, layer: int) -> Any:
-    return model.bridge.blocks[layer].attn
+__all__ = ["UnsupportedArchitectureError", "architecture", "attention_softcap", "final_logit_softcap",
+           "has_qk_norm", "hf_config", "parallel_residual", "query_scale_act"]
 
 
 def has_qk_norm(model: Any, layer: int = 0) -> bool:
     """Whether queries pass through a norm (QK-norm: Qwen3, Gemma-3, OLMo-2, ...) after ``hook_q``."""
-    return "q_norm" in getattr(_attn(model, layer), "submodules", {})
+    return arch_facts(model).qk_norm is not None
 
 
 def query_scale_act(model: Any, layer: int = 0) -> str:
@@ -52,10 +39,10 @@ def query_scale_act(model: Any, layer: int = 0) -> str:
     Raises:
         UnsupportedArchitectureError: a QK-norm model whose bridge exposes no post-norm query.
     """
-    if not has_qk_norm(model, layer):
+    facts = arch_facts(model)
+    if facts.qk_norm is None:
         return "q"
-    attn = _attn(model, layer)
-    if hasattr(attn, "hook_rot_q") and not bool(getattr(attn.config, "qk_norm_after_rope", False)):
+    if hasattr(model.bridge.blocks[layer].attn, "hook_rot_q") and not facts.qk_norm_after_rope:
         return "rot_q"
     raise UnsupportedArchitectureError(
         f"{architecture(model)}: queries are normalised after every hook the bridge exposes, so "
@@ -65,11 +52,15 @@ def query_scale_act(model: Any, layer: int = 0) -> str:
 
 def final_logit_softcap(model: Any) -> float | None:
     """Gemma-2's final-logit soft-capping value ``c`` (logits = c * tanh(raw / c)), else None."""
-    cap = getattr(hf_config(model), "final_logit_softcapping", None)
-    return float(cap) if cap else None
+    return arch_facts(model).final_logit_softcap
 
 
 def attention_softcap(model: Any) -> float | None:
     """Gemma-2's attention-logit soft-capping value, else None."""
-    cap = getattr(hf_config(model), "attn_logit_softcapping", None)
-    return float(cap) if cap else None
+    return arch_facts(model).attention_softcap
+
+
+def parallel_residual(model: Any) -> bool:
+    """Whether a block's attention and MLP read the same residual (GPT-NeoX; the config's
+    ``use_parallel_residual``/``parallel_attn`` or the bridge's ``parallel_attn_mlp``)."""
+    return arch_facts(model).parallel_residual

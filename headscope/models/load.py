@@ -32,6 +32,7 @@ import torch
 from headscope.cache import file_sha256
 from headscope.errors import HeadscopeError, suggest
 from headscope.models.aliases import ALIASES
+from headscope.models.facts import arch_facts
 from headscope.models.model import Model
 
 DTYPES = {
@@ -221,12 +222,17 @@ def load_model(
             module -> device), passed to ``from_pretrained`` for alias/GGUF/directory/hub models
             so a model too large for one GPU is sharded across GPUs; ``device`` is then ignored
             and ``Model.device`` is the embedding's device (see docs/devices.md).
+
+    Raises:
+        UnsupportedArchitectureError: the model contradicts its family file
+            (:mod:`headscope.models.facts`).
     """
     if device_map is not None and str(spec).startswith("toy-"):
         raise HeadscopeError("device_map applies to models loaded from files or the hub, not toy models.")
     model = _load_model(spec, device, dtype, device_map)
     if device_map is not None:
         model.device = str(model.bridge.cfg.device)
+    arch_facts(model)  # read once: a checkpoint contradicting its family file stops here
     return model
 
 

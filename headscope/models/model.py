@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from headscope.errors import HeadscopeError
+from headscope.models.facts import ArchFacts, arch_facts
 
 Head = tuple[int, int]
 
@@ -45,6 +46,12 @@ class Model:
     source_dir: str | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ shape facts
+    @property
+    def facts(self) -> ArchFacts:
+        """The architecture facts (norms, QK-norm, parallel residual, layer types, soft-caps, ...),
+        read once and checked against the family file (:mod:`headscope.models.facts`)."""
+        return arch_facts(self)
+
     @property
     def cfg(self) -> Any:
         return self.bridge.cfg
@@ -187,6 +194,7 @@ class Model:
             "source": self.source,
             "weights_sha256": self.weights_hash,
             "architecture": type(self.bridge.original_model).__name__,
+            "arch_family": self.facts.family,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "n_kv_heads": self.n_kv_heads,

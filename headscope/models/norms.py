@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from headscope.models.arch import UnsupportedArchitectureError, architecture
+from headscope.models.config import UnsupportedArchitectureError, architecture
 
 BLOCK_NORMS: tuple[str, ...] = ("ln1", "ln1_post", "ln2", "ln2_post")
 

@@ -38,3 +38,7 @@ def reject_unknown(owner: str, given: Iterable[str], allowed: Sequence[str], nou
             f"{owner} has no {noun} {bad[0]!r}.{suggest(bad[0], allowed)} "
             f"{noun.capitalize()}s: {', '.join(allowed) or 'none'}."
         )
+
+
+class HeadscopeWarning(UserWarning):
+    """A warning from headscope; the CLI prints it as one ``warning: ...`` line."""

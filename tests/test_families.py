@@ -193,3 +193,21 @@ def test_a_family_without_a_file_is_read_but_unverified(tmp_path) -> None:
     assert hasattr(layer, "input_layernorm") and not hasattr(layer, "post_attention_layernorm")
     assert facts.parallel_residual
     assert model.provenance()["arch_family"] is None
+
+
+def test_cli_prints_the_unverified_warning_as_one_line(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    directory = _tiny_phi(tmp_path / "phi")
+    proc = subprocess.run(
+        [sys.executable, "-m", "headscope", "score", "-m", directory, "-t", "induction", "-a", "pattern_scores",
+         "-o", "n_prompts=2", "-o", "seq_len=5", "--out", str(tmp_path / "out.parquet")],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "family file" in ln]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("warning: PhiForCausalLM (model_type 'phi') has no headscope family file")
+    assert "UnverifiedArchitectureWarning" not in proc.stderr

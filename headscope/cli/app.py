@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import typer
 from headscope.cli.display import console, load_with_status, provenance_table, runs_table, top_table
 from headscope.cli.options import check_device, parse_options
 from headscope.cli.paths import check_output, slug
-from headscope.errors import HeadscopeError
+from headscope.errors import HeadscopeError, HeadscopeWarning
 
 app = typer.Typer(
     add_completion=False,
@@ -230,6 +231,17 @@ def _clear_nested_interrupt_flag() -> None:
         pass
 
 
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """headscope's own warnings as one ``warning: ...`` line; others as Python prints them."""
+    if issubclass(category, HeadscopeWarning):
+        return f"warning: {message}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and a non-zero exit.
 
@@ -251,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
 
     abort, exit_, usage = kinds("Abort"), kinds("Exit"), kinds("ClickException")
 
+    warnings.formatwarning = _format_warning
     command = typer.main.get_command(app)
     previous = None
     if threading.current_thread() is threading.main_thread():

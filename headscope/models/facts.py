@@ -18,6 +18,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from headscope.errors import HeadscopeWarning
 from headscope.models.config import UnsupportedArchitectureError, architecture, hf_config
 from headscope.models.families import Family, family_for
 from headscope.models.norms import BLOCK_NORMS, final_norm, norm_spec
@@ -25,7 +26,7 @@ from headscope.models.norms import BLOCK_NORMS, final_norm, norm_spec
 __all__ = ["ArchFacts", "UnverifiedArchitectureWarning", "arch_facts", "check_family", "detect_facts"]
 
 
-class UnverifiedArchitectureWarning(UserWarning):
+class UnverifiedArchitectureWarning(HeadscopeWarning):
     """The model's family has no family file, so its facts are unchecked (see :func:`arch_facts`)."""
 
 

@@ -8,10 +8,12 @@ logit difference computed by hand.
 from __future__ import annotations
 
 import os
+import re
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from cli_harness import run_main
@@ -20,7 +22,7 @@ import headscope
 from headscope.analyzers import run_analyzer
 from headscope.errors import HeadscopeError
 from headscope.results import read_parquet
-from headscope.scale import Shard, merge_parts, parse_shard, part_path, run_shard
+from headscope.scale import Shard, merge_files, merge_parts, parse_shard, part_path, run_shard
 from headscope.tasks import make_task
 
 VALUE_COLUMNS = ("score", "stderr", "raw_metric", "n", "kv_head")
@@ -56,13 +58,67 @@ def assert_same(merged, full) -> None:
 def test_merged_shards_equal_one_process(toy, contrast, analyzer, options, count):
     full = run_analyzer(analyzer, toy, contrast, **options)
     parts = [run_shard(analyzer, toy, contrast, Shard(i, count), **options) for i in range(count)]
-    for part in parts:  # each part computed only its own units
-        assert part["score"].isna().sum() > full["score"].isna().sum()
+    for part in parts:  # each part holds only its own units' rows (and part 0 the run's rows of no unit)
+        assert len(part) < len(full)
     merged = merge_parts(parts[::-1])
     assert_same(merged, full)
     assert merged.provenance["world_size"] == count
     assert merged.provenance["options"] == full.provenance["options"]
     assert "shard" not in merged.provenance
+
+
+TOY_HEADS = [(layer, head) for layer in range(2) for head in range(2)]  # toy-induction: 2 layers x 2 heads
+
+
+def unit_of(frame, unit: str) -> list:
+    return frame["layer"].tolist() if unit == "layer" else list(zip(frame["layer"], frame["head"], strict=True))
+
+
+@pytest.mark.parametrize("analyzer,options,count,unit,units", [
+    ("path_patching", {}, 3, "head", TOY_HEADS),  # sender heads 0.0, 0.1, 1.0, 1.1
+    ("path_patching", {}, 4, "head", TOY_HEADS),
+    ("activation_patching", {}, 2, "layer", [0, 1]),
+    ("activation_patching", {"act": "v", "positions": "named"}, 2, "layer", [0, 1]),
+])
+def test_part_files_hold_exactly_their_units_rows(toy, contrast, tmp_path, analyzer, options, count, unit, units):
+    """Shard I/N owns units I, I+N, ... (written out here); its part file holds exactly the
+    one-process run's rows of those units, bit for bit, and no NaN; merged == one process, bit for bit."""
+    full = run_analyzer(analyzer, toy, contrast, **options)
+    assert not full[["score", "stderr"]].isna().any().any()
+    files = []
+    for i in range(count):
+        mine = units[i::count]
+        path = run_shard(analyzer, toy, contrast, Shard(i, count), **options).to_parquet(tmp_path / f"p{i}.parquet")
+        part = read_parquet(path)
+        files.append(path)
+        want = full[[u in mine for u in unit_of(full, unit)]].reset_index(drop=True)
+        assert sorted(set(unit_of(part, unit))) == sorted(mine)
+        pd.testing.assert_frame_equal(pd.DataFrame(part), pd.DataFrame(want), check_exact=True)
+        assert not part.select_dtypes("number").isna().any().any()
+        assert part.provenance["shard"]["rows"] == len(full)
+    merged = merge_files(files[::-1])
+    assert pd.DataFrame(merged).equals(pd.DataFrame(full)) and list(merged.dtypes) == list(full.dtypes)
+
+
+def test_merge_rebuilds_rows_of_no_unit_and_refuses_bad_rows(toy, contrast):
+    """Rows no unit computes (senders outside sender_layers, NaN in one process too) go with part 0;
+    a part whose rows disagree with its record, rows given twice, or a missing part are refused."""
+    full = run_analyzer("path_patching", toy, contrast, sender_layers=[0])
+    parts = [run_shard("path_patching", toy, contrast, Shard(i, 2), sender_layers=[0]) for i in range(2)]
+    assert unit_of(parts[1], "head") == [(0, 1)] and unit_of(parts[0], "head") == [(0, 0), (1, 0), (1, 1)]
+    assert parts[0][parts[0].layer == 1]["score"].isna().all() and parts[1]["score"].notna().all()
+    merged = merge_parts(parts[::-1])
+    assert pd.DataFrame(merged).equals(pd.DataFrame(full))
+    short = parts[1].iloc[:0]
+    with pytest.raises(HeadscopeError, match="has 0 rows but records 1"):
+        merge_parts([parts[0], short])
+    twice = parts[1].copy()
+    twice.provenance = {**parts[1].provenance, "shard": {**parts[1].provenance["shard"], "row_ranges": [[0, 1]]}}
+    with pytest.raises(HeadscopeError, match="do not fill the run's rows exactly once"):
+        merge_parts([parts[0], twice])
+    three = [run_shard("path_patching", toy, contrast, Shard(i, 3)) for i in (0, 2)]
+    with pytest.raises(HeadscopeError, match=r"missing shard\(s\) 1/3"):
+        merge_parts(three)
 
 
 def test_sharded_activation_patching_matches_hand_hooks(toy, contrast):
@@ -152,6 +208,22 @@ def test_cli_shards_merge_and_rerun_one_shard(tmp_path, capsys, toy):
     merged = read_parquet(out)
     assert_same(merged, full)
     assert merged.provenance["world_size"] == 2
+
+
+def test_cli_shard_shows_and_writes_only_its_heads(tmp_path, capsys):
+    """shard 1/3 of path patching's 4 sender heads owns head 0.1 only: its table and its file."""
+    out = tmp_path / "pp.parquet"
+    code, stdout, _ = run_main([*SCORE, "--out", str(out), "--shard", "1/3"], capsys)
+    assert code == 0 and "shard 1/3: 1 of 4 sender heads" in stdout
+    shown = re.findall(r"│\s+\d+ │\s+(\d+\.\d+) │", stdout)  # the table's head column
+    assert shown == ["0.1"] and "nan" not in stdout
+    part = read_parquet(part_path(out, Shard(1, 3)))
+    assert part["label"].tolist() == ["0.1"] and part["score"].notna().all()
+    # part 0 also holds the run's rows of no unit (layer 1 with sender_layers=0, NaN); it shows only its head
+    code, stdout, _ = run_main([*SCORE, "-o", "sender_layers=0", "--out", str(out), "--shard", "0/2"], capsys)
+    assert code == 0 and "shard 0/2: 1 of 2 sender heads" in stdout
+    assert re.findall(r"│\s+\d+ │\s+(\d+\.\d+) │", stdout) == ["0.0"] and "nan" not in stdout
+    assert read_parquet(part_path(out, Shard(0, 2)))["label"].tolist() == ["0.0", "1.0", "1.1"]
 
 
 def test_merge_refuses_bad_part_sets(tmp_path, capsys):

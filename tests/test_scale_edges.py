@@ -15,6 +15,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from cli_harness import run_main
@@ -73,11 +74,14 @@ def test_exact_shards_merged_equal_one_process_and_raw_hf(zoo, contrast):
     parts = [run_shard("circuit:exact", model, contrast, Shard(i, 3), top_edges=12) for i in range(3)]
     # 4 receiver blocks (3 layers + the logits), round-robin: shard 0 owns blocks 0 and 3
     assert [p.provenance["shard"]["units"] for p in parts] == [[0, 3], [1], [2]]
-    for part in parts:  # each part patched exactly the edges into its own blocks
-        owned = part["receiver_layer"].isin(part.provenance["shard"]["units"])
-        assert part["score"][owned].notna().all() and part["score"][~owned].isna().all()
+    for part in parts:  # each part holds exactly the one-process run's edges into its own blocks
+        want = full[full["receiver_layer"].isin(part.provenance["shard"]["units"])].reset_index(drop=True)
+        assert part[list(EDGE_IDS)].values.tolist() == want[list(EDGE_IDS)].values.tolist()
+        np.testing.assert_array_equal(part["score"].to_numpy(), want["score"].to_numpy())
+        assert part["score"].notna().all() and part.provenance["shard"]["rows"] == len(full)
     merged = merge_parts(parts[::-1])
     assert_same_edges(merged, full)
+    assert pd.DataFrame(merged).equals(pd.DataFrame(full)) and list(merged.dtypes) == list(full.dtypes)
     assert int(merged["circuit"].sum()) == 12 == merged.provenance["choices"]["circuit_edges"]
     assert merged.provenance["world_size"] == 3 and merged.provenance["sharding"]["unit"] == "receiver block"
     assert merged.provenance["options"] == full.provenance["options"] and "shard" not in merged.provenance
@@ -133,7 +137,12 @@ def test_cli_circuit_shards_merge_equal_one_process(tmp_path, capsys):
     assert cli(["merge", str(parts[1]), str(parts[0]), "--out", str(out), "--plot", str(plot)], capsys)[0] == 0
     assert "Plotly.newPlot" in plot.read_text()
     assert cli([*CIRCUIT, "--out", str(single)], capsys)[0] == 0
-    assert_same_edges(read_edge_scores(out), read_edge_scores(single))
+    whole = read_edge_scores(single)
+    for i, part in enumerate(map(read_edge_scores, parts)):  # blocks 0..3 round-robin: shard i owns i and i + 2
+        assert sorted(set(part["receiver_layer"])) == [i, i + 2] and part["score"].notna().all()
+        assert len(part) == int(whole["receiver_layer"].isin([i, i + 2]).sum())
+    assert_same_edges(read_edge_scores(out), whole)
+    assert pd.DataFrame(read_edge_scores(out)).equals(pd.DataFrame(whole))
     assert stored_provenance(out)["world_size"] == 2 and stored_provenance(single)["world_size"] == 1
 
 

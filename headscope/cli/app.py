@@ -86,7 +86,9 @@ def score(
         return
     console.print(f"{shards.prefix}[bold]{analyzer_name}[/] on [bold]{task}[/]: {len(scores)} rows in {time.perf_counter() - t1:.1f} s")
     out = shards.output(out)
-    console.print(top_table(scores, k=top))
+    if note := shards.note(scores):
+        console.print(note)
+    console.print(top_table(shards.shown(scores), k=top))
     scores.to_parquet(out)
     console.print(f"wrote {out}")
     if export_kv_policy is not None:

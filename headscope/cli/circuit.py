@@ -90,7 +90,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"{shards.prefix}[bold]{method}[/] on [bold]{task}[/]: {len(scores)} {unit}, "
                       f"{int(scores['circuit'].sum())} in the circuit, in {time.perf_counter() - t1:.1f} s")
         out = shards.output(out)
-        console.print(edge_table(scores, top))
+        if note := shards.note(scores):
+            console.print(note)
+        console.print(edge_table(shards.shown(scores), top))
         scores.to_parquet(out)
         console.print(f"wrote {out}")
         if plot is not None:

@@ -66,6 +66,18 @@ class ShardPlan:
             return DistributedBackend(self.launch, self._device)
         return ShardBackend(self.shard) if self.shard is not None else LOCAL
 
+    def note(self, scores: Any) -> str | None:
+        """``"shard 2/4: 36 of 144 heads"`` for a ``--shard`` part, else None."""
+        from headscope.scale.shard import describe_part
+
+        return describe_part(scores) if self.shard is not None and not self.distributed else None
+
+    def shown(self, scores: Any) -> Any:
+        """The rows to print: a ``--shard`` part's own units' rows, else all of ``scores``."""
+        from headscope.scale.shard import shown_rows
+
+        return shown_rows(scores) if self.shard is not None and not self.distributed else scores
+
     def output(self, out: Path) -> Path:
         """Where this process writes: the part file for ``--shard``, else ``out``."""
         from headscope.scale.shard import part_path

@@ -4,8 +4,10 @@ Checks first, each a one-line :class:`HeadscopeError`: every file is a part (has
 ``provenance["shard"]``); all parts split the run the same way (same N, unit and unit list);
 every shard 0..N-1 is there exactly once; and all parts agree on analyzer, model (weights,
 dtype; not the device), task and options. Then the analyzer's (or circuit method's, see
-:mod:`headscope.methods`) :class:`ShardSpec` merges them: by rows (each row is taken from
-the part that owns its unit) or by its own ``merge``.
+:mod:`headscope.methods`) :class:`ShardSpec` merges them: by rows (each part holds only its
+units' rows and records where they sit in the one-process frame; the frame is rebuilt by putting
+every row back in its place, refused if the rows do not fill it exactly once) or by its own
+``merge``.
 
 The merged provenance is part 0's without ``shard``, with ``world_size`` = N and ``sharding``
 (N, the unit, the number of units).
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from headscope.errors import HeadscopeError
 from headscope.scale.spec import ShardSpec, unit_key
@@ -86,12 +89,34 @@ def check_parts(parts: list[Any], labels: list[str]) -> list[Any]:
     return ordered
 
 
+def placed_rows(part: Any, spec: ShardSpec, first: bool) -> tuple[Any, np.ndarray, int]:
+    """A part's rows, their positions in the one-process frame, and that frame's number of rows.
+
+    A part records them (``shard["row_ranges"]``, ``shard["rows"]``; see
+    :mod:`headscope.scale.shard`); a part written by an earlier headscope holds the whole grid, of
+    which its own rows (and part 0's rows of no unit) are taken.
+    """
+    from headscope.scale.shard import own_rows, range_positions
+
+    shard = part.provenance["shard"]
+    if "row_ranges" not in shard:
+        keep = own_rows(part, spec, shard["units"], shard.get("all_units") or [], first)
+        return part.iloc[keep], keep, len(part)
+    positions = range_positions(shard["row_ranges"])
+    if len(positions) != len(part):
+        raise HeadscopeError(f"shard {shard['index']}/{shard['count']} has {len(part)} rows but records {len(positions)}: "
+                             "rerun that shard.")
+    return part, positions, int(shard["rows"])
+
+
 def merge_by_rows(parts: list[Any], spec: ShardSpec, identity: tuple[str, ...] = IDENTITY_COLUMNS) -> Any:
-    """Each row from the part owning its unit (rows of no unit from part 0).
+    """The one-process frame rebuilt from the parts' rows, each put back at its recorded position.
 
     Args:
-        parts: in shard order, all of one type (HeadScores or EdgeScores).
-        identity: the columns that name a row; every part must have the same ones in the same order.
+        parts: in shard order, all of one type (HeadScores or EdgeScores), each holding its own
+            units' rows (part 0 also the rows of no unit), with the same columns in the same order.
+        identity: the columns that name a row: parts of an earlier headscope (whole grids) must
+            agree on them row by row.
 
     Returns:
         The parts' type, without provenance (the caller sets it).
@@ -99,21 +124,24 @@ def merge_by_rows(parts: list[Any], spec: ShardSpec, identity: tuple[str, ...] =
     assert spec.row_units is not None
     base = parts[0]
     ident = [c for c in identity if c in base.columns]
+    whole = [p for p in parts if "row_ranges" not in p.provenance["shard"]]
     for i, part in enumerate(parts[1:], start=1):
-        if len(part) != len(base) or not part[ident].reset_index(drop=True).equals(base[ident].reset_index(drop=True)):
-            raise HeadscopeError(f"shard {i} has different rows from shard 0: merge only parts of one run.")
-    owner_of = {unit_key(u): i for i, p in enumerate(parts) for u in p.provenance["shard"]["units"]}
-    owner = np.array([owner_of.get(u, 0) if u is not None else 0 for u in spec.row_units(base)])
-    out = type(base)(base.reset_index(drop=True).copy())
-    for col in out.columns:
-        if col in ident:
-            continue
-        values = out[col].to_numpy().copy()
-        for i, part in enumerate(parts[1:], start=1):
-            rows = owner == i
-            if rows.any():
-                values[rows] = part[col].to_numpy()[rows]
-        out[col] = values
+        if list(part.columns) != list(base.columns):
+            raise HeadscopeError(f"shard {i} has different columns from shard 0: merge only parts of one run.")
+    for part in whole[1:]:
+        if len(part) != len(whole[0]) or not part[ident].reset_index(drop=True).equals(whole[0][ident].reset_index(drop=True)):
+            raise HeadscopeError(f"shard {part.provenance['shard']['index']} has different rows from shard "
+                                 f"{whole[0].provenance['shard']['index']}: merge only parts of one run.")
+    placed = [placed_rows(p, spec, first=i == 0) for i, p in enumerate(parts)]
+    sizes = {n for _, _, n in placed}
+    positions = np.concatenate([pos for _, pos, _ in placed])
+    if len(sizes) > 1 or not np.array_equal(np.sort(positions), np.arange(sizes.pop())):
+        raise HeadscopeError("the parts' rows do not fill the run's rows exactly once: rerun the shards with one "
+                             "headscope version.")
+    frames = [pd.DataFrame(rows).reset_index(drop=True) for rows, pos, _ in placed if len(pos)]
+    joined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else (frames or [pd.DataFrame(base).iloc[:0]])[0]
+    out = type(base)(joined.iloc[np.argsort(positions, kind="stable")].reset_index(drop=True))
+    out.attrs.clear()
     return out
 
 

@@ -7,15 +7,26 @@ A shard is an ordinary planned call (:func:`headscope.plan.plan`) with the unit-
 (:class:`headscope.scale.spec.ShardSpec`); its provenance records ``shard`` (index, count, unit,
 its units and the run's) and ``world_size``, and keeps the run's own options so that the parts
 of one run agree (:mod:`headscope.scale.merge`).
+
+A part holds only its own rows. The analyzer returns the whole grid with the other shards' units
+uncomputed; where each row belongs to a unit (``ShardSpec.row_units``) the part keeps the rows of
+its units, and part 0 also the rows of no unit of the run (e.g. layers outside ``layers``: NaN in
+a one-process run too). ``shard["rows"]`` records the whole frame's number of rows and
+``shard["row_ranges"]`` where the kept rows sit in it (``[start, stop)`` pairs), so that the merge
+puts every row back in its place. Parts of pooled units (retrieval heads' trials: every row pools
+the shard's trials) keep every row.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from headscope.errors import HeadscopeError
 from headscope.scale.spec import Unit, unit_key
@@ -83,8 +94,8 @@ def run_call_shard(call: Any, model: Any, shard: Shard) -> Any:
     """Run shard ``shard`` of a planned call: only its units, provenance marked as a part.
 
     Returns:
-        HeadScores (EdgeScores) of the whole grid, computed for this shard's units (other rows
-        as the sweep leaves uncomputed units, e.g. NaN), with ``provenance["shard"]``.
+        HeadScores (EdgeScores) of this shard's rows only (see the module docstring), with
+        ``provenance["shard"]``.
     """
     from headscope.plan import stamp
 
@@ -111,9 +122,58 @@ def run_call_shard(call: Any, model: Any, shard: Shard) -> Any:
         "units": [list(u) if isinstance(u, tuple) else u for u in mine],
         "all_units": [list(u) if isinstance(u, tuple) else u for u in units],
     }
+    if spec.row_units is not None:
+        keep = own_rows(result, spec, mine, units, first=shard.index == 0)
+        prov["shard"]["rows"] = len(result)
+        prov["shard"]["row_ranges"] = row_ranges(keep)
+        result = result.iloc[keep].reset_index(drop=True)
     prov["world_size"] = shard.count
     result.provenance = prov
     return result
+
+
+def own_rows(frame: Any, spec: Any, mine: Iterable[Any], units: Iterable[Any], first: bool) -> np.ndarray:
+    """The positions of the rows of ``frame`` (the whole grid) that belong to units ``mine``, and,
+    when ``first`` (shard 0), of rows that belong to no unit in ``units`` (the run's)."""
+    owned, known = {unit_key(u) for u in mine}, {unit_key(u) for u in units}
+    keys = [None if u is None else unit_key(u) for u in spec.row_units(frame)]
+    return np.array([i for i, u in enumerate(keys) if u in owned or (first and u not in known)], dtype=np.int64)
+
+
+def row_ranges(positions: np.ndarray) -> list[list[int]]:
+    """Increasing row positions as ``[start, stop)`` pairs: ``[0, 1, 2, 5]`` -> ``[[0, 3], [5, 6]]``."""
+    if not len(positions):
+        return []
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [len(positions)]])
+    return [[int(positions[a]), int(positions[b - 1]) + 1] for a, b in zip(starts, stops, strict=True)]
+
+
+def range_positions(ranges: list[list[int]]) -> np.ndarray:
+    """The positions of :func:`row_ranges`' pairs, in order."""
+    return np.concatenate([np.arange(int(a), int(b), dtype=np.int64) for a, b in ranges] or [np.zeros(0, np.int64)])
+
+
+def shown_rows(part: Any) -> Any:
+    """A part's rows of its own units (without part 0's rows of no unit), for display; other
+    results as they are."""
+    shard = part.provenance.get("shard") if hasattr(part, "provenance") else None
+    if not shard or "row_ranges" not in shard:
+        return part
+    from headscope.methods import get_method
+
+    spec = get_method(str(part.provenance.get("analyzer"))).shard
+    return part.iloc[own_rows(part, spec, shard["units"], shard["units"], first=False)]
+
+
+def describe_part(part: Any) -> str | None:
+    """``"shard 2/4: 36 of 144 heads"`` for a part, else None."""
+    shard = part.provenance.get("shard") if hasattr(part, "provenance") else None
+    if not shard:
+        return None
+    return (f"shard {shard['index']}/{shard['count']}: {len(shard.get('units') or [])} of "
+            f"{len(shard.get('all_units') or [])} {shard.get('unit')}s")
 
 
 def run_units(name: str, model: Any, task: Any, **options: Any) -> tuple[Any, list[Unit]]:

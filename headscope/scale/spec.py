@@ -8,8 +8,9 @@ as ``shard=``) says
 - ``units(model, task, options)``: every unit of the run, in a fixed order;
 - ``restrict(units)``: the analyzer options that make it compute only those units (its existing
   ``layers``/``heads``/``senders``/``trials`` option), so a shard is an ordinary analyzer call;
-- how to merge the parts: by rows (each output row belongs to one unit, taken from the part that
-  owns it: ``row_units``) or by a custom ``merge`` (retrieval heads: prompt-weighted means).
+- which output rows belong to which unit (``row_units``): a part keeps only its units' rows, and
+  the merge puts every part's rows back in place; or, for analyzers whose rows pool units (retrieval
+  heads: prompt-weighted means), no ``row_units`` (a part keeps every row) and a custom ``merge``.
 
 Nothing here knows about ranks or files: see :mod:`headscope.scale.shard` (splitting and running
 one shard), :mod:`headscope.scale.merge` and :mod:`headscope.scale.dist` (torch.distributed).
@@ -44,7 +45,10 @@ class ShardSpec:
         units: ``(model, task, options) -> [unit, ...]`` every unit of the run.
         restrict: ``[unit, ...] -> {option: value}`` the options that compute only those units.
         row_units: ``frame -> [unit or None per row]``: the unit each output row belongs to
-            (None: a row no unit computes, e.g. a layer outside ``layers``). Used unless ``merge``.
+            (None: a row no unit computes, e.g. a layer outside ``layers``). Given, a part holds
+            only its units' rows (part 0 also the rows of no unit), and the merge rebuilds the
+            whole table from them; a ``merge`` given as well receives such parts (``exact``'s
+            rebuilds the table with :func:`headscope.scale.merge.merge_by_rows` first).
         merge: ``[part, ...] (shard order) -> HeadScores`` for analyzers whose rows pool units.
     """
 

@@ -13,7 +13,8 @@ inputs, and each shard's forwards start at its own blocks. The price is at most
 the blocks its patched runs cross (``n_layers - l``); round-robin assignment
 (:meth:`headscope.scale.shard.Shard.take`) spreads the expensive middle blocks over shards.
 
-Merging: each row is taken from the part that owns its receiver block; then the circuit flag,
+Merging: each part holds only its receiver blocks' edges and records where they sit in the full
+table (:mod:`headscope.scale.merge`), so the merge puts every row back in place; then the circuit flag,
 which ranks all edges together (``top_edges`` / ``threshold``), is recomputed on the merged
 scores, so it equals the one-process run's.
 """

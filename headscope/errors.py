@@ -29,6 +29,17 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     return f" Did you mean {quoted}?"
 
 
+def check_choice(name: str, value: str, choices: Iterable[str], described: str = "") -> str:
+    """``value`` itself if it is one of ``choices``, else a one-line HeadscopeError
+    ``"{name} must be {described}; got '{value}'."``; ``described`` defaults to the choices
+    joined as ``a, b or c``."""
+    options = list(choices)
+    if value not in options:
+        text = described or (", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else "".join(options))
+        raise HeadscopeError(f"{name} must be {text}; got '{value}'.")
+    return value
+
+
 def reject_unknown(owner: str, given: Iterable[str], allowed: Sequence[str], noun: str = "option") -> None:
     """One-line error for the first name in ``given`` that ``owner`` (e.g. "analyzer 'ships'")
     does not accept, with close-name suggestions and the accepted names."""

@@ -145,6 +145,12 @@ def _orphans(box: Path) -> None:
     (runs / ".r.parquet.zz99yy88.partial").write_bytes((runs / "r.parquet").read_bytes()[:300])  # half-written
 
 
+def _head_positions_recorded(box: Path, result: dict) -> None:
+    prov = json.loads((box / "ev.json").read_text())["provenance"]
+    assert prov["options"]["head_positions"] == "1.1@END,0.3@PREV,0.3@PREV+1" and prov["options"]["nodes"] == "heads"
+    assert prov["choices"]["head_positions"] == {"a1.h1": ["END"], "a0.h3": ["PREV", "PREV+1"]}
+
+
 def _two_models(box: Path) -> None:
     scores_file(box / "runs" / "gqa.parquet", model=TOY, sha="a" * 64)
     scores_file(box / "runs" / "induction.parquet", model="toy-induction", sha="b" * 64, shape=(2, 2))
@@ -161,6 +167,27 @@ def _string_scores(box: Path) -> None:
     frame = pd.DataFrame({"model": [TOY] * 2, "task": ["t"] * 2, "analyzer": ["a"] * 2, "metric": ["m"] * 2,
                           "layer": [0, 1], "head": [0, 0], "score": ["high", "low"]})
     frame.to_parquet(box / "strings.parquet")
+
+
+def _edges(box: Path, rows: bool = False) -> None:
+    """A hand-made edge circuit on TOY (no model needed): a0.h3 -> m0 and a1.h1 -> logits in it,
+    a0.h0 -> logits out; made on induction_contrast (3 prompts of 6 tokens). ``rows``: also a
+    user_file task file."""
+    import pandas as pd
+
+    from headscope.results.edge_scores import EdgeScores
+
+    table = EdgeScores(pd.DataFrame({"model": TOY, "task": "induction_contrast", "method": "hand",
+                                     "sender": ["a0.h3", "a1.h1", "a0.h0"], "receiver": ["m0", "logits", "logits"],
+                                     "receiver_input": ["in", "in", "in"], "score": [0.3, 0.2, 0.1],
+                                     "circuit": [True, True, False]}))
+    table.provenance = {"task": {"name": "induction_contrast", "n_prompts": 3, "seq_len": 6, "seed": 0}}
+    table.to_parquet(box / "e.parquet")
+    if rows:
+        write(box / "rows.csv", GOOD_ROWS)
+
+
+EVAL_HEADS = ["circuit", "evaluate", "e.parquet", "-o", "nodes=heads", "-o", "curve=false"]
 
 
 TRACE = "import torch, headscope as hs\nm = hs.load_model('toy-gqa')\nhs.trace(m, {tokens})\n"
@@ -363,6 +390,29 @@ CASES: list[Case] = [
     Case("lens_resume_same_settings", _replace(LENS_TRAIN, "--steps", "3") + ["--resume"], expect=0,
          message="wrote lens.safetensors", writes=("ckpt/lens-step3.safetensors", "lens.safetensors")),
     Case("lens_operations_bad_heads", ["lens", "operations", "-m", "toy-copying", "--heads", "x"], message="cannot parse head"),
+    # circuit evaluate -o head_positions (issue 22, item 5) and verified's threshold_rule (item 1)
+    Case("evaluate_head_positions_unknown_head", [*EVAL_HEADS, "-o", "head_positions=5.0@END"], setup=_edges,
+         message="head_positions lists head 5.0, which toy-gqa does not have (layers 0..1, heads 0..3 per layer)"),
+    Case("evaluate_head_positions_head_not_in_circuit", [*EVAL_HEADS, "-o", "head_positions=0.0@END"], setup=_edges,
+         message="head_positions lists head 0.0 (a0.h0), which is not a head of the circuit (its heads: a0.h3, a1.h1)"),
+    Case("evaluate_head_positions_unknown_position", [*EVAL_HEADS, "-o", "head_positions=1.1@END,1.1@PERV"], setup=_edges,
+         message="unknown position 'PERV' in head_positions 1.1@PERV. Did you mean 'PREV'? Task 'induction_contrast' names PREV, END"),
+    Case("evaluate_head_positions_task_without_named_positions",
+         [*EVAL_HEADS, "--task", "user_file", "-o", "path=rows.csv", "-o", "head_positions=1.1@S2"],
+         setup=lambda b: _edges(b, rows=True), message="head_positions 1.1@S2: task 'user_file' has no named positions but END"),
+    Case("evaluate_head_positions_outside_prompt", [*EVAL_HEADS, "-o", "head_positions=1.1@END+3"], setup=_edges,
+         message="head_positions 1.1@END+3 falls outside prompt 0"),
+    Case("evaluate_head_positions_with_components",  # checked before the (missing) model would load
+         ["circuit", "evaluate", "e.parquet", "-m", "nope-model-never-loaded", "-o", "head_positions=1.1@END"], setup=_edges,
+         message="head_positions needs -o nodes=heads"),
+    Case("evaluate_head_positions_syntax", [*EVAL_HEADS, "-m", "nope-model-never-loaded", "-o", "head_positions=1.1"],
+         setup=_edges, message="cannot parse '1.1' in -o head_positions: write HEAD@POSITION entries"),
+    Case("evaluate_head_positions_ok", [*EVAL_HEADS, "-o", "head_positions=1.1@END,0.3@PREV,0.3@PREV+1", "--out", "ev.json"],
+         setup=_edges, expect=0, message="head positions (kept only there in F(C\\K)): a1.h1@END, a0.h3@PREV, a0.h3@PREV+1",
+         writes=("ev.json",), check=_head_positions_recorded),
+    Case("verified_unknown_threshold_rule", ["circuit", "-m", TOY, "-t", "induction_contrast", "--method", "verified",
+                                             "-o", "n_prompts=2", "-o", "seq_len=6", "-o", "threshold_rule=foo"],
+         message="threshold_rule must be one of signed, abs; got 'foo'."),
     # ablate
     Case("ablate_heads_syntax", ["ablate", "-m", TOY, "-t", "ioi", "--heads", "9-6"], message="cannot parse head"),
     Case("ablate_heads_out_of_range", ["ablate", "-m", TOY, "-t", "induction_contrast", "--heads", "5.0"], message="layer 5"),

@@ -213,3 +213,20 @@ def test_mean_ablation_needs_aligned_prompts():
     one = ContrastiveBatch(toks[:1], toks[:1], ok.answer[:1], ok.wrong[:1], {"END": torch.tensor([4])})
     with pytest.raises(HeadscopeError, match="at least 2 prompts"):
         check_mean_feasible(one)
+
+
+def test_head_positions_syntax():
+    """``-o head_positions``: HEAD@POSITION entries, +k/-k offsets, a head listed once per token
+    (repeats dropped), spaces ignored; empty = not used (any nodes); one-line errors otherwise."""
+    from headscope.circuits.nodes import parse_head_positions
+    from headscope.errors import HeadscopeError
+
+    got = parse_head_positions("9.6@END, 9.6@S2-1,2.2@S1+1,9.6@END,10.0@IO")
+    assert got == {"a9.h6": [("END", 0), ("S2", -1)], "a2.h2": [("S1", 1)], "a10.h0": [("IO", 0)]}
+    assert parse_head_positions("", "components") == {}
+    for text, nodes, message in [("9.6", "heads", "cannot parse '9.6'"), ("9.6@", "heads", "cannot parse '9.6@'"),
+                                 ("9.6@END+x", "heads", "cannot parse"), ("a9.h6@END", "heads", "cannot parse"),
+                                 ("9.6@END", "components", "needs -o nodes=heads"), ("9.6@END", "head", "nodes must be")]:
+        with pytest.raises(HeadscopeError, match=message) as err:
+            parse_head_positions(text, nodes)
+        assert "\n" not in str(err.value)

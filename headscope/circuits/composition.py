@@ -57,7 +57,7 @@ import torch
 
 from headscope.circuits.graph import Edge, EdgeGraph
 from headscope.circuits.methods import circuit_mask, register_circuit_method
-from headscope.errors import HeadscopeError
+from headscope.errors import check_choice
 from headscope.models.norms import NormSpec, block_norm, norm_spec
 
 WRITER_NORMS = ("none", "fold")
@@ -66,10 +66,9 @@ WRITER_NORMS = ("none", "fold")
 
 def check_writer_norm(writer_norm: str) -> str:
     """``writer_norm`` itself, or a one-line HeadscopeError naming the choices."""
-    if writer_norm not in WRITER_NORMS:
-        raise HeadscopeError(f"writer_norm must be none (the writer's ln1 left out of its OV, default) or fold "
-                             f"(TransformerLens's fold_ln + center_writing_weights weights); got '{writer_norm}'.")
-    return writer_norm
+    return check_choice("writer_norm", writer_norm, WRITER_NORMS,
+                        "none (the writer's ln1 left out of its OV, default) or fold "
+                        "(TransformerLens's fold_ln + center_writing_weights weights)")
 
 
 WRITER_NORM_CHOICES = {

@@ -14,7 +14,8 @@ edge sets, completeness and minimality, on any contrastive task.
 * **Curve**: :func:`.prune.faithfulness_curve` over the table's ``|score|`` ranking, with random
   edge sets of each size as the baseline.
 * **Completeness and minimality** on the circuit's nodes (``nodes``: heads and MLPs, or Wang et
-  al.'s heads only with the MLPs kept): :mod:`.nodes`.
+  al.'s heads only with the MLPs kept, optionally each head kept at its relevant tokens,
+  ``head_positions``): :mod:`.nodes`.
 * **Cross-task** (Merullo et al. 2023, "Circuit component reuse"): the circuit may come from
   another task than the one it is evaluated on; the provenance records both.
 
@@ -35,7 +36,7 @@ import torch
 
 from headscope.circuits.exact import EdgeRuns
 from headscope.circuits.graph import EdgeGraph
-from headscope.errors import HeadscopeError
+from headscope.errors import HeadscopeError, check_choice
 from headscope.patching.engine import RunCache
 
 ABLATIONS = ("corrupted", "mean")
@@ -43,8 +44,11 @@ NODE_CHOICES = {
     "components": "heads and MLPs sending along a circuit edge; input and logits always kept",
     "heads": "heads sending along a circuit edge (Wang et al. 2022, Sec. 4; Easy-Transformer completeness.py: mlps_to_remove={}); "
              "MLPs, input and logits always kept; a head is kept or removed at every position (the table has no per-head token; "
-             "Wang et al. keep each head at one token, RELEVANT_TOKENS)",
+             "Wang et al. keep each head at one token, RELEVANT_TOKENS; see head_positions)",
 }
+HEAD_POSITIONS_TEXT = ("a listed circuit head's node is the head at its listed positions (Wang et al. 2022, RELEVANT_TOKENS): "
+                       "F(C\\K) keeps it only there and knocks it out at every other position, F(M\\K) with it in K knocks it "
+                       "out only there, F(C\\(K u {v})) knocks v out everywhere; unlisted circuit heads: every position")
 
 
 def table_masks(table: Any, graph: EdgeGraph, model_name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +139,7 @@ def _row(quantity: str, value: float, subset: str = "", edges: int = -1, **kw: A
 def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupted", metric: str = "logit_diff",
                      curve: bool = True, sizes: list[int] | None = None, n_random: int = 3, samples: int = 3,
                      greedy: int = 1, seed: int = 0, source: dict[str, Any] | None = None,
-                     reference: Any | None = None, nodes: str = "components") -> CircuitEvaluation:
+                     reference: Any | None = None, nodes: str = "components", head_positions: str = "") -> CircuitEvaluation:
     """Faithfulness, curve, completeness and minimality of the circuit in ``table`` (module docstring).
 
     Args:
@@ -155,6 +159,10 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
             (default: heads and MLPs, each knocked out at every position) or ``heads`` (Wang et
             al. 2022, Sec. 4: attention heads only, MLPs never knocked out; each head kept or
             knocked out at every position, the table having no per-head token).
+        head_positions: with ``nodes="heads"``, circuit heads' relevant tokens, e.g.
+            ``"9.6@END,3.0@S2,2.2@S1+1"`` (:func:`.nodes.parse_head_positions`): a listed head is
+            kept in ``F(C \\ K)`` only at its positions (knocked out at every other one), and
+            knocked out in ``F(M \\ K)`` only there; unlisted heads: every position (default).
 
     Returns:
         A :class:`CircuitEvaluation`. Rows: ``metric`` (subsets ``clean``, ``corrupted``,
@@ -170,15 +178,18 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
         check_nodes,
         circuit_nodes,
         completeness_rows,
+        head_position_masks,
         minimality_rows,
+        parse_head_positions,
+        position_text,
     )
     from headscope.circuits.patched_graph import graph_metric
     from headscope.circuits.prune import default_sizes, faithfulness, faithfulness_curve
     from headscope.results import build_provenance
 
-    if ablation not in ABLATIONS:
-        raise HeadscopeError(f"ablation must be corrupted or mean; got '{ablation}'.")
+    check_choice("ablation", ablation, ABLATIONS)
     check_nodes(nodes)
+    spec = parse_head_positions(head_positions, nodes)
     for name, v in (("n_random", n_random), ("samples", samples), ("greedy", greedy)):
         if v < 0:
             raise HeadscopeError(f"{name} must be >= 0; got {v}.")
@@ -187,6 +198,9 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
     if not bool(keep.any()):
         raise HeadscopeError("the table's circuit is empty (no row has circuit=True): rerun `headscope circuit` "
                              "with -o top_edges=N or -o threshold=T.")
+    node_names = circuit_nodes(graph, keep, nodes)
+    info = task.describe()
+    keep_at = head_position_masks(spec, batch, graph, node_names, getattr(model, "spec", ""), str(info.get("name", "")))
     if ablation == "mean":
         check_mean_feasible(batch)
         runs = mean_runs(runs)
@@ -210,13 +224,11 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
         ov = circuit_overlap(table, reference)
         for part in ("edges", "nodes"):
             rows.append(_row("overlap", ov[part]["jaccard"], part, f_a=float(ov[part]["both"]), f_b=float(ov[part]["union"])))
-    node_names = circuit_nodes(graph, keep, nodes)
-    f = NodeKnockout(engine, runs, graph, nodes)
+    f = NodeKnockout(engine, runs, graph, nodes, keep_at=keep_at)
     rows.append(_row("nodes", len(node_names), "circuit", K=",".join(node_names)))
     rows += [{**_row("", 0.0, edges=-1), **r} for r in completeness_rows(f, node_names, samples, greedy, seed)]
     rows += [{**_row("", 0.0, edges=-1), **r} for r in minimality_rows(f, node_names, samples, seed)]
     out = pd.DataFrame(rows, columns=["quantity", "subset", "node", "K", "edges", "value", "f_a", "f_b"])
-    info = task.describe()
     src = dict(source or {})
     choices = {
         "faithfulness": "(M(C) - M(corrupted)) / (M(clean) - M(corrupted)), every edge outside C removed (patched_graph)",
@@ -225,7 +237,12 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
         "nodes": NODE_CHOICES[nodes],
         "knockout": ("F(X): every edge leaving a head/MLP outside X removed (= its output set to the ablated value), at every position"
                      if nodes == "components" else
-                     "F(X): every edge leaving a head outside X removed (= its z set to the ablated value) at every position; MLPs never removed"),
+                     "F(X): every edge leaving a head outside X removed (= its z set to the ablated value) at every position; MLPs never removed"
+                     + ("; a head of head_positions: its z set to the ablated value only at the positions where it is knocked out"
+                        if spec else "")),
+        "head_positions": ({node: [position_text(*p) for p in places] for node, places in spec.items()} if spec else
+                           "none: every circuit head kept or knocked out at every position"),
+        **({"head_positions_rule": HEAD_POSITIONS_TEXT} if spec else {}),
         "K_sampling": f"K = {{}}, {samples} random subsets (each node p=1/2, seed {seed}), greedy for {greedy} steps; "
                       "Wang et al. 2022 used mean ablation over ABC and hand-chosen K",
         "clean_metric": clean, "corrupted_metric": corrupted, "n_edges": len(graph.edges),
@@ -236,6 +253,6 @@ def evaluate_circuit(model: Any, task: Any, table: Any, ablation: str = "corrupt
     prov = build_provenance(model, task=info, analyzer="circuit_evaluate",
                             options={"ablation": ablation, "metric": metric, "curve": curve, "sizes": sizes,
                                      "n_random": n_random, "samples": samples, "greedy": greedy, "seed": seed,
-                                     "nodes": nodes},
+                                     "nodes": nodes, "head_positions": head_positions},
                             choices=choices, seed=info.get("seed"))
     return CircuitEvaluation(out, prov)

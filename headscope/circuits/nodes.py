@@ -17,20 +17,31 @@ duplicate-token heads at ``S2``, previous-token heads at ``S+1``; ``process_head
 ``turn_keep_into_rmv`` knock every other head, and a circuit head at every other position, out
 (``F(C \\ K)``), and ``heads_to_remove`` knocks the heads of ``K`` out only at their relevant token
 (``F(M \\ K)``). headscope's edge circuits have no per-head token (a position-resolved table is
-refused, :func:`headscope.results.edge_scores.require_whole_edges`), so here a node is the head at
-**every** position: kept at all positions or knocked out at all positions, in ``F(C \\ K)`` and
-``F(M \\ K)`` alike (Wang et al.'s scheme with each head's relevant set = all positions).
+refused, :func:`headscope.results.edge_scores.require_whole_edges`), so by default a node is the
+head at **every** position: kept at all positions or knocked out at all positions, in
+``F(C \\ K)`` and ``F(M \\ K)`` alike (Wang et al.'s scheme with each head's relevant set = all
+positions). ``head_positions`` (``nodes=heads`` only, :func:`parse_head_positions`) gives circuit
+heads their relevant tokens, ``HEAD@POSITION`` entries such as ``9.6@END,3.0@S2,2.2@S1+1`` (the
+task's named positions, per prompt, with an optional ``+k`` / ``-k``; a head listed more than once
+has several). A listed head's node is the head at its listed positions, as in Wang et al.:
+``F(C \\ K)`` keeps it only there and knocks it out at every other position, ``F(M \\ K)`` with it
+in ``K`` knocks it out only there (``M`` holds the head's other positions apart, as
+``{head}@other``, never in ``K``), and ``F(C \\ (K u {v}))`` knocks ``v`` out everywhere. An
+unlisted circuit head keeps the default (every position).
 
 **Knock-out.** ``F(X)``, for a node set ``X``, is the prompt-mean task metric of the model in
 which only the components in ``X`` (and the embedding) are kept: every edge leaving a head or
-MLP outside ``X`` (with ``nodes=heads``: every head outside ``X``) is patched to the corrupted run (:mod:`.patched_graph`, the same edge patching
-the circuit's faithfulness uses, ablation ``corrupted`` or ``mean``). Removing every outgoing
-edge of a node is the same as replacing the node's output by its corrupted output for every
-reader, so ``F(X)`` is the clean run with the z of each head outside ``X`` (and the output of each
-MLP outside ``X``) set to its corrupted value; ``tests/conformance/test_circuit_eval.py`` checks it
-against exactly that, written with raw Hugging Face hooks. Wang et al. knock nodes out by **mean
-ablation over the ABC distribution** instead (``ablation=mean`` here is the closest: the per
-position mean of the corrupted prompts' sender outputs). On post-norm families (Gemma-2/3,
+MLP outside ``X`` (with ``nodes=heads``: every head outside ``X``) is patched to the corrupted run
+(:mod:`.patched_graph`, the same edge patching the circuit's faithfulness uses, ablation
+``corrupted`` or ``mean``). Removing every outgoing edge of a node is the same as replacing the
+node's output by its corrupted output for every reader, so ``F(X)`` is the clean run with the z of
+each head outside ``X`` (and the output of each MLP outside ``X``) set to its corrupted value;
+``tests/conformance/test_circuit_eval.py`` checks it against exactly that, written with raw
+Hugging Face hooks. A head knocked out at some positions only (``head_positions``) has every
+outgoing edge removed with its output difference zeroed where it is kept, which is its z set to
+its corrupted value at the other positions only (:class:`KnockAt`). Wang et al. knock nodes out by
+**mean ablation over the ABC distribution** instead (``ablation=mean`` here is the closest: the
+per position mean of the corrupted prompts' sender outputs). On post-norm families (Gemma-2/3,
 OLMo-2) several heads of one layer knocked out add their per-head output differences (each taken
 with the other heads clean, :mod:`.exact`), which is not the joint z patch there.
 
@@ -55,7 +66,8 @@ Each ``F`` is one patched-graph run; values are memoised per removed-node set.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +76,8 @@ import torch
 from headscope.circuits.exact import EdgeRuns
 from headscope.circuits.graph import EdgeGraph
 from headscope.circuits.patched_graph import graph_metric
-from headscope.errors import HeadscopeError
-from headscope.patching.engine import PatchEngine
+from headscope.errors import HeadscopeError, check_choice, suggest
+from headscope.patching.engine import PatchEngine, hook_alias
 
 NODE_KINDS = ("components", "heads")
 """``nodes`` values: ``components`` (heads and MLPs are nodes) or ``heads`` (Wang et al.: heads only, MLPs always kept)."""
@@ -73,10 +85,94 @@ NODE_KINDS = ("components", "heads")
 
 def check_nodes(nodes: str) -> str:
     """``nodes`` itself, or a one-line HeadscopeError naming the choices."""
-    if nodes not in NODE_KINDS:
-        raise HeadscopeError(f"nodes must be components (heads and MLPs, default) or heads (Wang et al. 2022: "
-                             f"attention heads only, MLPs never knocked out); got '{nodes}'.")
-    return nodes
+    return check_choice("nodes", nodes, NODE_KINDS, "components (heads and MLPs, default) or heads (Wang et al. 2022: "
+                        "attention heads only, MLPs never knocked out)")
+
+
+OTHER = "@other"
+"""Suffix of a listed head's other positions in ``M`` (module docstring, Positions)."""
+
+_ENTRY = re.compile(r"^(\d+)\.(\d+)@([A-Za-z_][A-Za-z0-9_]*)(?:([+-])(\d+))?$")
+HEAD_POSITIONS_SYNTAX = ("write HEAD@POSITION entries separated by commas, heads as LAYER.HEAD, positions as the task's "
+                         "named positions with an optional +k/-k, e.g. -o head_positions=9.6@END,3.0@S2,2.2@S1+1")
+
+
+def parse_head_positions(text: str, nodes: str = "heads") -> dict[str, list[tuple[str, int]]]:
+    """``"9.6@END,3.0@S2,2.2@S1+1"`` -> ``{"a9.h6": [("END", 0)], "a3.h0": [("S2", 0)],
+    "a2.h2": [("S1", 1)]}`` (a head listed twice gets both positions; ``""`` -> ``{}``).
+
+    Checks the syntax and that ``nodes`` is ``heads``, before any model loads; the heads and
+    position names are checked against the model and task by :func:`head_position_masks`.
+    """
+    check_nodes(nodes)
+    out: dict[str, list[tuple[str, int]]] = {}
+    for item in str(text).split(","):
+        entry = "".join(item.split())
+        if not entry:
+            continue
+        m = _ENTRY.match(entry)
+        if m is None:
+            raise HeadscopeError(f"cannot parse '{item.strip()}' in -o head_positions: {HEAD_POSITIONS_SYNTAX}.")
+        layer, head, name, sign, k = m.groups()
+        offset = 0 if sign is None else int(k) * (1 if sign == "+" else -1)
+        spot = out.setdefault(f"a{int(layer)}.h{int(head)}", [])
+        if (name, offset) not in spot:
+            spot.append((name, offset))
+    if out and nodes != "heads":
+        raise HeadscopeError("head_positions needs -o nodes=heads (Wang et al.'s head nodes, each kept at its relevant "
+                             "tokens); with nodes=components every head and MLP is kept or knocked out at every position.")
+    return out
+
+
+def position_text(name: str, offset: int) -> str:
+    """``("S1", 1)`` -> ``"S1+1"``."""
+    return name if offset == 0 else f"{name}{offset:+d}"
+
+
+def _head_text(node: str) -> str:
+    layer, head = node[1:].split(".h")
+    return f"{layer}.{head}"
+
+
+def head_position_masks(spec: dict[str, list[tuple[str, int]]], batch: Any, graph: EdgeGraph, circuit: list[str],
+                        model_name: str = "", task_name: str = "") -> dict[str, torch.Tensor]:
+    """Each listed head's positions as an (n, pos) bool mask of ``batch``'s prompts (True = kept).
+
+    One-line errors for a head not in the model or not a head of the circuit, a position name
+    the task does not have (or a task with no named positions but END), and a position that
+    falls outside a prompt.
+    """
+    heads = all_nodes(graph, "heads")
+    names = list(batch.positions)
+    n, width = batch.clean.shape
+    task = f"task '{task_name}'" if task_name else "the task"
+    out: dict[str, torch.Tensor] = {}
+    for node, places in spec.items():
+        if node not in heads:
+            layers = 1 + max(int(h[1:].split(".h")[0]) for h in heads)
+            per = len(heads) // layers
+            raise HeadscopeError(f"head_positions lists head {_head_text(node)}, which {model_name or 'this model'} does not "
+                                 f"have (layers 0..{layers - 1}, heads 0..{per - 1} per layer).")
+        if node not in circuit:
+            raise HeadscopeError(f"head_positions lists head {_head_text(node)} ({node}), which is not a head of the circuit "
+                                 f"(its heads: {', '.join(circuit) or 'none'}): list circuit heads only.")
+        mask = torch.zeros(n, width, dtype=torch.bool)
+        for name, offset in places:
+            where = f"{_head_text(node)}@{position_text(name, offset)}"
+            if name not in names:
+                if names == ["END"]:
+                    raise HeadscopeError(f"head_positions {where}: {task} has no named positions but END; "
+                                         "use END (e.g. END-1) or a task with named positions (e.g. ioi: IO, S1, S2, END).")
+                raise HeadscopeError(f"unknown position '{name}' in head_positions {where}.{suggest(name, names)} "
+                                     f"{task[0].upper()}{task[1:]} names {', '.join(names)} (with an optional +k/-k, e.g. {names[0]}+1).")
+            at = batch.positions[name].cpu() + offset
+            bad = ((at < 0) | (at >= width)).nonzero().flatten().tolist()
+            if bad:
+                raise HeadscopeError(f"head_positions {where} falls outside prompt {bad[0]} (position {int(at[bad[0]])}; "
+                                     f"the prompts have positions 0..{width - 1}).")
+            mask[torch.arange(n), at] = True
+        out[node] = mask
+    return out
 
 
 def _is_node(kind: str, nodes: str) -> bool:
@@ -95,6 +191,60 @@ def all_nodes(graph: EdgeGraph, nodes: str = "components") -> list[str]:
     return [s.name for s in graph.senders if _is_node(s.kind, check_nodes(nodes))]
 
 
+def _knock_at_hook(fn: Callable[..., Any], heads: dict[int, torch.Tensor], k: int):  # noqa: ANN202
+    """``fn`` (graph_metric's attn_out capture over ``k`` slices) seeing slice ``1 + h`` equal to
+    slice 0 wherever head ``h``'s (n, pos) mask is False; the run itself goes on unchanged."""
+
+    def wrapped(x: torch.Tensor, hook: Any) -> Any:
+        view = x.view(k, -1, *x.shape[1:])
+        edited = view.clone()
+        for h, knock in heads.items():
+            keep = ~knock.to(x.device)
+            edited[1 + h][keep] = view[0][keep]
+        fn(edited.view(x.shape), hook)
+
+    return wrapped
+
+
+class KnockAt:
+    """``engine`` as :func:`.patched_graph.graph_metric` drives it, with some heads knocked out only
+    at some positions: ``knock`` maps a head (``a{l}.h{h}``) to an (n, pos) bool mask, True where
+    it is knocked out.
+
+    ``graph_metric`` takes each head's corrupted-minus-current output difference from one block
+    forward per layer of ``n_heads + 1`` slices (slice ``1 + h``: head ``h``'s z corrupted),
+    captured at ``attn_out``; here slice ``1 + h`` of that capture equals slice 0 where the head is
+    kept, so its difference, and with it every removed edge leaving it, is zero there. The
+    attention output is position-wise in z (``W_O``, and any post-attention norm), so this is head
+    ``h``'s z corrupted at the masked positions only. :meth:`check` fails loudly if a layer's
+    capture was never seen (``graph_metric`` changed its steps).
+    """
+
+    def __init__(self, engine: PatchEngine, knock: dict[str, torch.Tensor]) -> None:
+        self.engine = engine
+        self.layers: dict[int, dict[int, torch.Tensor]] = {}
+        for node, mask in knock.items():
+            layer, head = (int(t) for t in _head_text(node).split("."))
+            self.layers.setdefault(layer, {})[head] = mask
+        self.seen: set[int] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def _run(self, inp: torch.Tensor, start: int, hooks: list[tuple[str, Any]], k: int, **kw: Any) -> Any:
+        heads = self.layers.get(start)
+        alias = hook_alias("attn_out", start)
+        if heads and k == self.engine.model.n_heads + 1 and any(a == alias for a, _ in hooks):
+            hooks = [(a, _knock_at_hook(fn, heads, k) if a == alias else fn) for a, fn in hooks]
+            self.seen.add(start)
+        return self.engine._run(inp, start, hooks, k, **kw)
+
+    def check(self) -> None:
+        missing = sorted(set(self.layers) - self.seen)
+        if missing:
+            raise RuntimeError(f"KnockAt: graph_metric never captured the per-head attn_out of layers {missing}")
+
+
 @dataclass
 class NodeKnockout:
     """``F(X)``: the prompt-mean metric with only the nodes in ``X`` kept (module docstring).
@@ -103,6 +253,10 @@ class NodeKnockout:
         engine, runs, graph: the patching setup (``runs`` carries the corrupted or mean values).
         nodes: ``components`` or ``heads`` (module docstring): which components can be knocked
             out; with ``heads`` the MLPs are always kept.
+        keep_at: head -> (n, pos) bool mask of its relevant positions (``head_positions``,
+            :func:`head_position_masks`): the node ``head`` is the head there, and ``M`` holds the
+            head's other positions as the node ``{head}@other``; heads not in it are nodes at
+            every position.
         calls: number of patched-graph runs made (memoised values are not rerun).
     """
 
@@ -110,15 +264,44 @@ class NodeKnockout:
     runs: EdgeRuns
     graph: EdgeGraph
     nodes: str = "components"
+    keep_at: dict[str, torch.Tensor] = field(default_factory=dict)
     calls: int = 0
     _memo: dict[frozenset[str], float] = field(default_factory=dict)
 
+    @property
+    def universe(self) -> list[str]:
+        """``M``: every node, then ``{head}@other`` for each head of ``keep_at``."""
+        return [*all_nodes(self.graph, self.nodes), *(f"{h}{OTHER}" for h in self.keep_at)]
+
+    def knockouts(self, removed: Iterable[str]) -> tuple[set[str], dict[str, torch.Tensor]]:
+        """(components knocked out at every position, head -> (n, pos) mask of the positions where
+        it alone is knocked out) for the removed nodes ``removed``."""
+        removed = set(removed)
+        everywhere: set[str] = set()
+        partial: dict[str, torch.Tensor] = {}
+        for name in all_nodes(self.graph, self.nodes):
+            at = self.keep_at.get(name)
+            if at is None:
+                if name in removed:
+                    everywhere.add(name)
+                continue
+            knock = (at if name in removed else torch.zeros_like(at)) | (~at if f"{name}{OTHER}" in removed else torch.zeros_like(at))
+            if bool(knock.all()):
+                everywhere.add(name)
+            elif bool(knock.any()):
+                partial[name] = knock
+        return everywhere, partial
+
     def __call__(self, kept: Iterable[str]) -> float:
         kept = set(kept)
-        removed = frozenset(n for n in all_nodes(self.graph, self.nodes) if n not in kept)
+        removed = frozenset(n for n in self.universe if n not in kept)
         if removed not in self._memo:
-            mask = torch.tensor([e.sender.name in removed for e in self.graph.edges], dtype=torch.bool)
-            self._memo[removed] = float(graph_metric(self.engine, self.runs, self.graph, mask).mean())
+            everywhere, partial = self.knockouts(removed)
+            mask = torch.tensor([e.sender.name in everywhere or e.sender.name in partial for e in self.graph.edges],
+                                dtype=torch.bool)
+            engine = KnockAt(self.engine, partial)  # with no partial knock-out, the engine itself
+            self._memo[removed] = float(graph_metric(engine, self.runs, self.graph, mask).mean())
+            engine.check()
             self.calls += 1
         return self._memo[removed]
 
@@ -136,7 +319,7 @@ def incompleteness(f: NodeKnockout, circuit: list[str], k: Iterable[str]) -> tup
     """``(|F(C \\ K) - F(M \\ K)|, F(C \\ K), F(M \\ K))``."""
     k = set(k)
     fc = f([n for n in circuit if n not in k])
-    fm = f([n for n in all_nodes(f.graph, f.nodes) if n not in k])
+    fm = f([n for n in f.universe if n not in k])
     return abs(fc - fm), fc, fm
 
 

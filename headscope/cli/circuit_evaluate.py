@@ -6,6 +6,7 @@ of a saved circuit (:mod:`headscope.circuits.evaluate`), on its own task or anot
     headscope circuit evaluate edges.parquet -o ablation=mean -o sizes=1,5,10 --out eval.json
     headscope circuit evaluate ioi.parquet --task facts --reference facts.parquet   # next to facts' own circuit
     headscope circuit evaluate ioi.parquet -o nodes=heads     # Wang et al.'s nodes: heads only, MLPs kept
+    headscope circuit evaluate ioi.parquet -o nodes=heads -o head_positions=9.6@END,9.9@END,3.0@S2,2.2@S1+1
 
 ``--model`` and ``--task`` default to the table's; on the table's own task the task parameters
 recorded in its provenance are reused (``-o`` overrides them). ``-o KEY=VALUE`` goes to the task
@@ -23,7 +24,7 @@ import typer
 
 def evaluation_options(model: Any, task: Any, ablation: str = "corrupted", metric: str = "logit_diff",
                        curve: bool = True, sizes: str = "", n_random: int = 3, samples: int = 3, greedy: int = 1,
-                       seed: int = 0, nodes: str = "components") -> None:
+                       seed: int = 0, nodes: str = "components", head_positions: str = "") -> None:
     """The ``-o`` options of ``headscope circuit evaluate`` (typed by these annotations).
 
     Args:
@@ -40,6 +41,12 @@ def evaluation_options(model: Any, task: Any, ablation: str = "corrupted", metri
             knocked out at every position) or ``heads`` (Wang et al. 2022: heads only, MLPs
             never knocked out; a head is knocked out at every position, the table having no
             per-head token).
+        head_positions: with ``nodes=heads``, circuit heads' relevant tokens as HEAD@POSITION
+            entries, e.g. ``9.6@END,9.9@END,3.0@S2,2.2@S1+1`` (heads as LAYER.HEAD, positions as
+            the task's named positions with an optional +k/-k; a head may be listed once per
+            token): a listed head is kept only at its positions in F(C\\K) and knocked out only
+            there in F(M\\K) (Wang et al. 2022, RELEVANT_TOKENS); unlisted circuit heads: every
+            position.
     """
 
 
@@ -71,10 +78,10 @@ def register(group: typer.Typer) -> None:
     ) -> None:
         """Faithfulness, faithfulness curve, completeness and minimality of a saved circuit.
 
-        Completeness and minimality nodes: -o nodes=components (default: heads and MLPs, each knocked out at every position) or -o nodes=heads (Wang et al. 2022, Sec. 4: attention heads only, MLPs never knocked out; a head is knocked out at every position).
+        Completeness and minimality nodes: -o nodes=components (default: heads and MLPs, each knocked out at every position) or -o nodes=heads (Wang et al. 2022, Sec. 4: attention heads only, MLPs never knocked out; a head is knocked out at every position, or with -o head_positions=9.6@END,3.0@S2,2.2@S1+1 a listed circuit head is kept only at its positions).
         """
         from headscope.circuits.evaluate import evaluate_circuit
-        from headscope.circuits.nodes import check_nodes
+        from headscope.circuits.nodes import parse_head_positions
         from headscope.cli.display import console, load_with_status
         from headscope.cli.options import check_device, parse_options, route_options
         from headscope.cli.paths import check_output, slug
@@ -107,7 +114,7 @@ def register(group: typer.Typer) -> None:
         out = check_output(out or Path("results") / f"{slug(model)}_{task}_circuit_eval.parquet", suffix, "--out")
         task_obj = plan_task(task, task_kw, requires=ContrastiveTask, what="circuit evaluation")
         sizes = _sizes(eval_kw.pop("sizes", ""))
-        check_nodes(eval_kw.get("nodes", "components"))  # before the model loads
+        parse_head_positions(eval_kw.get("head_positions", ""), eval_kw.get("nodes", "components"))  # before the model loads
         loaded = load_with_status(model, device=device, dtype=dtype)
         source = {"file": str(edges), "model": str(table["model"].iloc[0]), "task": made_task,
                   "task_params": recorded, "method": str(table["method"].iloc[0]),
@@ -117,6 +124,10 @@ def register(group: typer.Typer) -> None:
         console.print(f"circuit from [bold]{source['task']}[/] ({source['method']}, {source['edges']} edges) evaluated on "
                       f"[bold]{task}[/]{' (cross-task)' if result.provenance['choices']['cross_task'] else ''}, "
                       f"ablation {result.provenance['options']['ablation']}, in {time.perf_counter() - t1:.1f} s")
+        if eval_kw.get("head_positions"):
+            placed = result.provenance["choices"]["head_positions"]
+            console.print("head positions (kept only there in F(C\\K)): "
+                          + ", ".join(f"{node}@{pos}" for node, at in placed.items() for pos in at))
         for line in summary_lines(result.table):
             console.print(line)
         console.print(f"wrote {result.write(out)}")

@@ -249,3 +249,129 @@ def test_head_nodes_keep_mlps_match_raw(fam, zoo_cache, prompts):
     with pytest.raises(HeadscopeError, match="nodes must be components") as err:
         evaluate_circuit(pair.hs, FixedTask(batch), table_of(graph, keep), curve=False, nodes="head")
     assert "\n" not in str(err.value)
+
+
+def raw_knockout_at(raw: RawHF, batch, removed: set[str], knock_at: dict[str, torch.Tensor]) -> float:  # noqa: ANN001
+    """Raw prompt-mean logit difference of the clean run with the z of each head in ``removed`` set
+    to its corrupted value at every position, and the z of each head of ``knock_at`` set to it only
+    where its (n, pos) mask is True; every MLP computes on its actual input (no MLP edited)."""
+    x = raw.run(batch.corrupted)
+    n, pos = batch.clean.shape
+    z_edit = {}
+    for layer in range(raw.n_layers):
+        where = {h: torch.ones(n, pos, dtype=torch.bool) for h in range(raw.n_heads) if f"a{layer}.h{h}" in removed}
+        where.update({h: knock_at[f"a{layer}.h{h}"] for h in range(raw.n_heads) if f"a{layer}.h{h}" in knock_at})
+        if where:
+            def swap(z: torch.Tensor, where: dict = where, layer: int = layer) -> torch.Tensor:
+                for h, m in where.items():
+                    z[:, :, h][m] = x.z[layer][:, :, h][m]
+                return z
+
+            z_edit[layer] = swap
+    logits = raw.run(batch.clean, z_edit=z_edit).logits
+    return float(logit_diff(logits, batch.end, batch.answer, batch.wrong).mean())
+
+
+def _with_positions(batch, **named: torch.Tensor):  # noqa: ANN001, ANN202
+    from headscope.tasks.contrastive import ContrastiveBatch
+
+    return ContrastiveBatch(batch.clean, batch.corrupted, batch.answer, batch.wrong, {**named, "END": batch.end})
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "llama"])
+def test_head_positions_match_raw(fam, zoo_cache, prompts):
+    """``nodes=heads`` with ``head_positions`` (Wang et al. 2022's RELEVANT_TOKENS): a1.h0 listed at
+    ``X+1`` only (X a named position that differs per prompt: 3, 5, 4), a0.h1 at ``X`` and ``END``;
+    a2.h2 unlisted. Raw, by the definitions: F(C \\ K) = every head outside C \\ K corrupted at every
+    position, a listed head of C \\ K corrupted at every position but its listed ones; F(M \\ K) =
+    a listed head of K corrupted at its listed positions only, an unlisted one everywhere. The
+    F values, the incompleteness rows (|F(C\\K) - F(M\\K)|) and the minimality rows
+    (|F(C\\(K u {v})) - F(C\\K)|) of ``circuit evaluate`` equal those raw values."""
+    from headscope.circuits.nodes import head_position_masks, parse_head_positions
+
+    pair = zoo_cache[fam]
+    raw = pair.raw
+    x_pos = torch.tensor([3, 5, 4])
+    batch = _with_positions(prompts.batch, X=x_pos)
+    n, width = batch.clean.shape
+    engine = PatchEngine(pair.hs, batch.end, batch.logit_diff)
+    graph = EdgeGraph.of(pair.hs)
+    heads = all_nodes(graph, "heads")
+    circuit = ["a0.h1", "a1.h0", "a2.h2"]
+    spec = "1.0@X+1, 0.1@X,0.1@END"
+    # the relevant positions by hand (True = kept), independent of head_position_masks
+    rel = {"a1.h0": torch.zeros(n, width, dtype=torch.bool), "a0.h1": torch.zeros(n, width, dtype=torch.bool)}
+    for row in range(n):
+        rel["a1.h0"][row, int(x_pos[row]) + 1] = True
+        rel["a0.h1"][row, int(x_pos[row])] = True
+        rel["a0.h1"][row, int(batch.end[row])] = True
+    keep_at = head_position_masks(parse_head_positions(spec), batch, graph, circuit)
+    assert set(keep_at) == set(rel) and all(torch.equal(keep_at[h], rel[h]) for h in rel)
+    f = NodeKnockout(engine, prepare(engine, batch.clean, batch.corrupted, graph), graph, "heads", keep_at=keep_at)
+    assert f.universe == [*heads, "a1.h0@other", "a0.h1@other"]
+    memo: dict[tuple, float] = {}
+
+    def raw_c(k) -> float:  # noqa: ANN001
+        """F(C \\ K) by hand."""
+        key = ("C", frozenset(k))
+        if key not in memo:
+            kept = [h for h in circuit if h not in k]
+            memo[key] = raw_knockout_at(raw, batch, set(heads) - set(kept), {h: ~rel[h] for h in kept if h in rel})
+        return memo[key]
+
+    def raw_m(k) -> float:  # noqa: ANN001
+        """F(M \\ K) by hand."""
+        key = ("M", frozenset(k))
+        if key not in memo:
+            memo[key] = raw_knockout_at(raw, batch, {h for h in k if h not in rel}, {h: rel[h] for h in k if h in rel})
+        return memo[key]
+
+    for k in ([], ["a1.h0"], ["a0.h1", "a2.h2"], circuit):
+        assert_close(torch.tensor(f([h for h in circuit if h not in k])), torch.tensor(raw_c(k)), f"F(C \\ {k})")
+        assert_close(torch.tensor(f([h for h in f.universe if h not in k])), torch.tensor(raw_m(k)), f"F(M \\ {k})")
+    # the positions matter here: a1.h0 kept at every position (today's node) gives another F(C),
+    # and knocked out at every position another F(M \ {a1.h0})
+    everywhere = raw_knockout_at(raw, batch, set(heads) - set(circuit), {"a0.h1": ~rel["a0.h1"]})
+    assert abs(raw_c([]) - everywhere) > 1e-3, "keeping a1.h0 at X+1 only should change F(C)"
+    assert abs(raw_m(["a1.h0"]) - raw_knockout(raw, batch, {"a1.h0"})) > 1e-3, "a1.h0 knocked out at X+1 only should differ"
+
+    keep = torch.tensor([e.sender.name in {*circuit, "m0"} for e in graph.edges])
+    got = evaluate_circuit(pair.hs, FixedTask(batch), table_of(graph, keep), curve=False, samples=2, greedy=1, nodes="heads",
+                           head_positions=spec)
+    t = got.table
+    assert t[t["quantity"] == "nodes"]["K"].iloc[0] == ",".join(circuit)
+    assert got.provenance["options"]["head_positions"] == spec
+    assert got.provenance["choices"]["head_positions"] == {"a1.h0": ["X+1"], "a0.h1": ["X", "END"]}
+    inc = t[t["quantity"] == "incompleteness"].to_dict("records")
+    for r in inc:
+        k = list(filter(None, r["K"].split(",")))
+        assert r["f_a"] == pytest.approx(raw_c(k), abs=1e-4) and r["f_b"] == pytest.approx(raw_m(k), abs=1e-4), (r, k)
+        assert r["value"] == pytest.approx(abs(raw_c(k) - raw_m(k)), abs=2e-4), (r, k)
+    mini = t[t["quantity"] == "minimality"].to_dict("records")
+    assert len(mini) == 3 * len(circuit)
+    for r in mini:
+        k = list(filter(None, r["K"].split(",")))
+        want = abs(raw_c([*k, r["node"]]) - raw_c(k))
+        assert r["value"] == pytest.approx(want, abs=2e-4), (r, want)
+
+
+@pytest.mark.parametrize("fam", ["gpt2", "llama"])
+def test_head_positions_at_every_position_are_todays_nodes(fam, zoo_cache, prompts):
+    """A circuit head listed at every position (``B``, ``B+1``, ... ``B+11`` with B = 0 on the 12-token
+    prompts) is today's node: the whole evaluation table equals the one without head_positions."""
+    pair = zoo_cache[fam]
+    batch = _with_positions(prompts.batch, B=torch.zeros(3, dtype=torch.long))
+    graph = EdgeGraph.of(pair.hs)
+    keep = torch.tensor([e.sender.name in {"a0.h1", "a1.h0", "a2.h2", "m0"} for e in graph.edges])
+    width = batch.clean.shape[1]
+    every = ",".join(["1.0@B", *(f"1.0@B+{i}" for i in range(1, width))])
+
+    def run(**kw):  # noqa: ANN003, ANN202
+        return evaluate_circuit(pair.hs, FixedTask(batch), table_of(graph, keep), curve=False, samples=2, greedy=1,
+                                nodes="heads", **kw).table
+
+    today, listed = run(), run(head_positions=every)
+    cols = ["quantity", "subset", "node", "K", "value", "f_a", "f_b"]
+    assert today[cols].equals(listed[cols]), (today[cols], listed[cols])
+    with pytest.raises(HeadscopeError, match="falls outside prompt 0"):
+        run(head_positions=f"1.0@B+{width}")

@@ -39,7 +39,7 @@ each head outside ``X`` (and the output of each MLP outside ``X``) set to its co
 ``tests/conformance/test_circuit_eval.py`` checks it against exactly that, written with raw
 Hugging Face hooks. A head knocked out at some positions only (``head_positions``) has every
 outgoing edge removed with its output difference zeroed where it is kept, which is its z set to
-its corrupted value at the other positions only (:class:`KnockAt`). Wang et al. knock nodes out by
+its corrupted value at the other positions only (``graph_metric(sender_masks=)``). Wang et al. knock nodes out by
 **mean ablation over the ABC distribution** instead (``ablation=mean`` here is the closest: the
 per position mean of the corrupted prompts' sender outputs). On post-norm families (Gemma-2/3,
 OLMo-2) several heads of one layer knocked out add their per-head output differences (each taken
@@ -67,7 +67,7 @@ Each ``F`` is one patched-graph run; values are memoised per removed-node set.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,7 @@ from headscope.circuits.exact import EdgeRuns
 from headscope.circuits.graph import EdgeGraph
 from headscope.circuits.patched_graph import graph_metric
 from headscope.errors import HeadscopeError, check_choice, suggest
-from headscope.patching.engine import PatchEngine, hook_alias
+from headscope.patching.engine import PatchEngine
 
 NODE_KINDS = ("components", "heads")
 """``nodes`` values: ``components`` (heads and MLPs are nodes) or ``heads`` (Wang et al.: heads only, MLPs always kept)."""
@@ -191,60 +191,6 @@ def all_nodes(graph: EdgeGraph, nodes: str = "components") -> list[str]:
     return [s.name for s in graph.senders if _is_node(s.kind, check_nodes(nodes))]
 
 
-def _knock_at_hook(fn: Callable[..., Any], heads: dict[int, torch.Tensor], k: int):  # noqa: ANN202
-    """``fn`` (graph_metric's attn_out capture over ``k`` slices) seeing slice ``1 + h`` equal to
-    slice 0 wherever head ``h``'s (n, pos) mask is False; the run itself goes on unchanged."""
-
-    def wrapped(x: torch.Tensor, hook: Any) -> Any:
-        view = x.view(k, -1, *x.shape[1:])
-        edited = view.clone()
-        for h, knock in heads.items():
-            keep = ~knock.to(x.device)
-            edited[1 + h][keep] = view[0][keep]
-        fn(edited.view(x.shape), hook)
-
-    return wrapped
-
-
-class KnockAt:
-    """``engine`` as :func:`.patched_graph.graph_metric` drives it, with some heads knocked out only
-    at some positions: ``knock`` maps a head (``a{l}.h{h}``) to an (n, pos) bool mask, True where
-    it is knocked out.
-
-    ``graph_metric`` takes each head's corrupted-minus-current output difference from one block
-    forward per layer of ``n_heads + 1`` slices (slice ``1 + h``: head ``h``'s z corrupted),
-    captured at ``attn_out``; here slice ``1 + h`` of that capture equals slice 0 where the head is
-    kept, so its difference, and with it every removed edge leaving it, is zero there. The
-    attention output is position-wise in z (``W_O``, and any post-attention norm), so this is head
-    ``h``'s z corrupted at the masked positions only. :meth:`check` fails loudly if a layer's
-    capture was never seen (``graph_metric`` changed its steps).
-    """
-
-    def __init__(self, engine: PatchEngine, knock: dict[str, torch.Tensor]) -> None:
-        self.engine = engine
-        self.layers: dict[int, dict[int, torch.Tensor]] = {}
-        for node, mask in knock.items():
-            layer, head = (int(t) for t in _head_text(node).split("."))
-            self.layers.setdefault(layer, {})[head] = mask
-        self.seen: set[int] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
-
-    def _run(self, inp: torch.Tensor, start: int, hooks: list[tuple[str, Any]], k: int, **kw: Any) -> Any:
-        heads = self.layers.get(start)
-        alias = hook_alias("attn_out", start)
-        if heads and k == self.engine.model.n_heads + 1 and any(a == alias for a, _ in hooks):
-            hooks = [(a, _knock_at_hook(fn, heads, k) if a == alias else fn) for a, fn in hooks]
-            self.seen.add(start)
-        return self.engine._run(inp, start, hooks, k, **kw)
-
-    def check(self) -> None:
-        missing = sorted(set(self.layers) - self.seen)
-        if missing:
-            raise RuntimeError(f"KnockAt: graph_metric never captured the per-head attn_out of layers {missing}")
-
-
 @dataclass
 class NodeKnockout:
     """``F(X)``: the prompt-mean metric with only the nodes in ``X`` kept (module docstring).
@@ -299,9 +245,8 @@ class NodeKnockout:
             everywhere, partial = self.knockouts(removed)
             mask = torch.tensor([e.sender.name in everywhere or e.sender.name in partial for e in self.graph.edges],
                                 dtype=torch.bool)
-            engine = KnockAt(self.engine, partial)  # with no partial knock-out, the engine itself
-            self._memo[removed] = float(graph_metric(engine, self.runs, self.graph, mask).mean())
-            engine.check()
+            metric = graph_metric(self.engine, self.runs, self.graph, mask, sender_masks=partial or None)
+            self._memo[removed] = float(metric.mean())
             self.calls += 1
         return self._memo[removed]
 

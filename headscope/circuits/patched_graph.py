@@ -109,13 +109,19 @@ def restart_layer(graph: EdgeGraph, removed: torch.Tensor, prefix: GraphPrefix) 
 
 @torch.inference_mode()
 def graph_metric(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, removed: torch.Tensor,
-                 record: GraphPrefix | None = None, start: GraphPrefix | None = None) -> torch.Tensor:
+                 record: GraphPrefix | None = None, start: GraphPrefix | None = None,
+                 sender_masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Per-prompt metric of the clean run with the edges where ``removed`` (E,) is True patched.
 
     Args:
         record: filled with this run's per-layer inputs (see :class:`GraphPrefix`).
         start: a recorded run to restart from, at :func:`restart_layer` (the result is the same as
             a run from the embedding; only the layers before that one are skipped).
+        sender_masks: head sender (``a{l}.h{h}``) -> (n, pos) bool, True where its removed edges
+            carry its difference; elsewhere the difference is zero, which is the head's z patched at
+            the True positions only (the attention output is position-wise in z: ``W_O`` and any
+            post-attention norm act per position). Used for ``head_positions``
+            (:mod:`headscope.circuits.nodes`).
 
     Returns:
         (n,) metric values (the engine's metric at END).
@@ -172,7 +178,10 @@ def graph_metric(engine: PatchEngine, runs: EdgeRuns, graph: EdgeGraph, removed:
         engine._run(resid.repeat(swap_k, 1, 1), layer, swap_hooks, k=swap_k, stop_at_layer=_stop_early(model, layer))
         attn = swapped["attn_out"].view(swap_k, *resid.shape)
         for h in range(n_heads):
-            deltas[f"a{layer}.h{h}"] = attn[1 + h] - attn[0]
+            name = f"a{layer}.h{h}"
+            deltas[name] = attn[1 + h] - attn[0]
+            if sender_masks and name in sender_masks:
+                deltas[name] = torch.where(sender_masks[name].to(resid.device).unsqueeze(-1), deltas[name], 0.0)
         # 3. the block with the q/k/v edits and the MLP input shifted; the MLP's own difference is
         #    taken from its current output inside the same forward (the logits may read it)
         got: dict[str, torch.Tensor] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from headscope.cli.display import console, load_with_status, provenance_table, runs_table, top_table
-from headscope.cli.options import check_device, parse_options
+from headscope.cli.options import ORDER_HELP, check_device, check_order_option, parse_options
 from headscope.cli.paths import check_output, slug
 from headscope.errors import HeadscopeError
 
@@ -40,6 +40,7 @@ def score(
     device_map: str | None = typer.Option(None, "--device-map", help="accelerate placement, e.g. auto: shard over GPUs"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="task or analyzer option KEY=VALUE (repeatable)"),
     top: int = typer.Option(10, "--top", min=1, help="heads to print per metric"),
+    order: str | None = typer.Option(None, "--order", help=ORDER_HELP),
     export_kv_policy: Path | None = typer.Option(None, "--export-kv-policy", help="write the heads to keep with a full KV cache (.json)"),
     kv_fraction: list[str] | None = typer.Option(None, "--kv-fraction", help="METRIC=FRACTION of heads to keep for --export-kv-policy (repeatable)"),
     shard: str | None = typer.Option(None, "--shard", help="I/N: run shard I (0-based) of N and write its part file (merge with `headscope merge`)"),
@@ -54,6 +55,7 @@ def score(
     from headscope.plan import run
 
     check_device(device)
+    order = check_order_option(order)
     shards = plan_shards(shard, plot=plot, export_kv_policy=export_kv_policy, device_map=device_map)
     device = shards.device(device)
     call = plan_call(analyzer, task, parse_options(option), kind="heads", text=True, seed=seed)
@@ -85,7 +87,7 @@ def score(
         return
     console.print(f"{shards.prefix}[bold]{analyzer_name}[/] on [bold]{task}[/]: {len(scores)} rows in {time.perf_counter() - t1:.1f} s")
     out = shards.output(out)
-    console.print(top_table(scores, k=top))
+    console.print(top_table(scores, k=top, order=order))
     scores.to_parquet(out)
     console.print(f"wrote {out}")
     if export_kv_policy is not None:
@@ -103,6 +105,7 @@ def show(
     paths: list[Path] = typer.Argument(..., help="results .parquet files, directories or globs"),
     top: int = typer.Option(10, "--top", min=1, help="heads per metric"),
     metric: str | None = typer.Option(None, "--metric", help="only this metric"),
+    order: str | None = typer.Option(None, "--order", help=ORDER_HELP),
     per_run: bool = typer.Option(False, "--per-run", help="several runs: show each on its own"),
     mixed: bool = typer.Option(False, "--mixed", help="several runs: rank them together even if model, task or analyzer differ"),
 ) -> None:
@@ -114,6 +117,7 @@ def show(
     from headscope.report.runs import expand, incompatibility, run_labels
     from headscope.results import HeadScores, read_parquet
 
+    order = check_order_option(order)
     files = expand(paths)
     if not files:
         raise HeadscopeError(f"no results files in {', '.join(map(str, paths))}: give .parquet files or a directory holding them.")
@@ -121,12 +125,12 @@ def show(
     if metric is not None:
         runs = [(label, s.top(len(s), metric=metric)) for label, s in runs]
     if len(runs) == 1:
-        console.print(top_table(runs[0][1], k=top))
+        console.print(top_table(runs[0][1], k=top, order=order))
         console.print(provenance_table(runs[0][1].provenance))
         return
     if per_run:
         for label, scores in runs:
-            console.print(top_table(scores, k=top, title=f"top heads: {label}"))
+            console.print(top_table(scores, k=top, title=f"top heads: {label}", order=order))
             console.print(provenance_table(scores.provenance, title=f"provenance: {label}"))
         return
     why = incompatibility(runs)
@@ -141,7 +145,7 @@ def show(
         frame["run"] = label
         parts.append(frame)
     merged = HeadScores.concat(parts, provenance={})
-    console.print(top_table(merged, k=top, title=f"top heads across {len(runs)} runs"))
+    console.print(top_table(merged, k=top, title=f"top heads across {len(runs)} runs", order=order))
     console.print(runs_table(runs))
 
 

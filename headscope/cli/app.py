@@ -27,6 +27,22 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from headscope.version import __version__
+
+        print(f"headscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="print the version and exit"),
+) -> None:
+    """headscope: find, score and intervene on the attention heads of language models."""
+
+
 @app.command()
 def score(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="alias, toy-*, .gguf, directory or hub id"),
@@ -234,6 +250,23 @@ def _clear_nested_interrupt_flag() -> None:
         pass
 
 
+def _flags_as_flags(command: object) -> object:
+    """Boolean flags shown as flags in --help (typer prints ``--per-run <bool>`` otherwise)."""
+    try:  # --help itself is made on first use, and cached on the command
+        from typer._click import Context
+
+        command.get_help_option(Context(command))  # type: ignore[attr-defined]
+        helps = [command._help_option]  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):  # pragma: no cover - another typer
+        helps = []
+    for param in [*getattr(command, "params", ()), *helps]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_as_flags(sub)
+    return command
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and a non-zero exit.
 
@@ -255,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
 
     abort, exit_, usage = kinds("Abort"), kinds("Exit"), kinds("ClickException")
 
-    command = typer.main.get_command(app)
+    command = _flags_as_flags(typer.main.get_command(app))
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build one self-contained HTML report (provenance, top heads, figures) from RESULTS.
 
-        A directory contributes every ``*.parquet`` below it, each file as its own section with its
+        A directory contributes every *.parquet file below it, each file as its own section with its
         own ranking and provenance (runs are never merged).
         """
         from headscope.cli.display import console

@@ -6,7 +6,7 @@ transformer language models": the IOI circuit's components against a second task
 * **Node overlap**: the same for their nodes, the heads and MLPs that send along a circuit edge
   (the node definition of :mod:`.nodes`).
 * **Score agreement**: Spearman rank correlation of the two ``score`` columns over the edges both
-  tables have (average ranks for ties, :func:`headscope.report.compare.spearman`).
+  tables have (average ranks for ties, :func:`headscope.stats.spearman`).
 
 Cross-task faithfulness (A's circuit on B's task, next to B's own circuit) is
 ``headscope circuit evaluate A.parquet --task B`` (:mod:`.evaluate`).

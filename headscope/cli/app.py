@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from headscope.cli.display import console, load_with_status, provenance_table, runs_table, top_table
-from headscope.cli.options import check_device, parse_options
+from headscope.cli.options import ORDER_HELP, check_device, check_order_option, parse_options
 from headscope.cli.paths import check_output, slug
 from headscope.errors import HeadscopeError, HeadscopeWarning
 
@@ -26,6 +26,22 @@ app = typer.Typer(
     help="headscope: find, score and intervene on the attention heads of language models.",
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from headscope.version import __version__
+
+        print(f"headscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="print the version and exit"),
+) -> None:
+    """headscope: find, score and intervene on the attention heads of language models."""
 
 
 @app.command()
@@ -41,6 +57,7 @@ def score(
     device_map: str | None = typer.Option(None, "--device-map", help="accelerate placement, e.g. auto: shard over GPUs"),
     option: list[str] | None = typer.Option(None, "--option", "-o", help="task or analyzer option KEY=VALUE (repeatable)"),
     top: int = typer.Option(10, "--top", min=1, help="heads to print per metric"),
+    order: str | None = typer.Option(None, "--order", help=ORDER_HELP),
     export_kv_policy: Path | None = typer.Option(None, "--export-kv-policy", help="write the heads to keep with a full KV cache (.json)"),
     kv_fraction: list[str] | None = typer.Option(None, "--kv-fraction", help="METRIC=FRACTION of heads to keep for --export-kv-policy (repeatable)"),
     shard: str | None = typer.Option(None, "--shard", help="I/N: run shard I (0-based) of N and write its part file (merge with `headscope merge`)"),
@@ -55,6 +72,7 @@ def score(
     from headscope.plan import run
 
     check_device(device)
+    order = check_order_option(order)
     shards = plan_shards(shard, plot=plot, export_kv_policy=export_kv_policy, device_map=device_map)
     device = shards.device(device)
     call = plan_call(analyzer, task, parse_options(option), kind="heads", text=True, seed=seed)
@@ -88,7 +106,7 @@ def score(
     out = shards.output(out)
     if note := shards.note(scores):
         console.print(note)
-    console.print(top_table(shards.shown(scores), k=top))
+    console.print(top_table(shards.shown(scores), k=top, order=order))
     scores.to_parquet(out)
     console.print(f"wrote {out}")
     if export_kv_policy is not None:
@@ -106,6 +124,7 @@ def show(
     paths: list[Path] = typer.Argument(..., help="results .parquet files, directories or globs"),
     top: int = typer.Option(10, "--top", min=1, help="heads per metric"),
     metric: str | None = typer.Option(None, "--metric", help="only this metric"),
+    order: str | None = typer.Option(None, "--order", help=ORDER_HELP),
     per_run: bool = typer.Option(False, "--per-run", help="several runs: show each on its own"),
     mixed: bool = typer.Option(False, "--mixed", help="several runs: rank them together even if model, task or analyzer differ"),
 ) -> None:
@@ -117,6 +136,7 @@ def show(
     from headscope.report.runs import expand, incompatibility, run_labels
     from headscope.results import HeadScores, read_parquet
 
+    order = check_order_option(order)
     files = expand(paths)
     if not files:
         raise HeadscopeError(f"no results files in {', '.join(map(str, paths))}: give .parquet files or a directory holding them.")
@@ -124,12 +144,12 @@ def show(
     if metric is not None:
         runs = [(label, s.top(len(s), metric=metric)) for label, s in runs]
     if len(runs) == 1:
-        console.print(top_table(runs[0][1], k=top))
+        console.print(top_table(runs[0][1], k=top, order=order))
         console.print(provenance_table(runs[0][1].provenance))
         return
     if per_run:
         for label, scores in runs:
-            console.print(top_table(scores, k=top, title=f"top heads: {label}"))
+            console.print(top_table(scores, k=top, title=f"top heads: {label}", order=order))
             console.print(provenance_table(scores.provenance, title=f"provenance: {label}"))
         return
     why = incompatibility(runs)
@@ -144,7 +164,7 @@ def show(
         frame["run"] = label
         parts.append(frame)
     merged = HeadScores.concat(parts, provenance={})
-    console.print(top_table(merged, k=top, title=f"top heads across {len(runs)} runs"))
+    console.print(top_table(merged, k=top, title=f"top heads across {len(runs)} runs", order=order))
     console.print(runs_table(runs))
 
 
@@ -244,6 +264,23 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
 _PYTHON_FORMAT_WARNING = warnings.formatwarning
 
 
+def _flags_as_flags(command: object) -> object:
+    """Boolean flags shown as flags in --help (typer prints ``--per-run <bool>`` otherwise)."""
+    try:  # --help itself is made on first use, and cached on the command
+        from typer._click import Context
+
+        command.get_help_option(Context(command))  # type: ignore[attr-defined]
+        helps = [command._help_option]  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):  # pragma: no cover - another typer
+        helps = []
+    for param in [*getattr(command, "params", ()), *helps]:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_as_flags(sub)
+    return command
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and a non-zero exit.
 
@@ -266,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     abort, exit_, usage = kinds("Abort"), kinds("Exit"), kinds("ClickException")
 
     warnings.formatwarning = _format_warning
-    command = typer.main.get_command(app)
+    command = _flags_as_flags(typer.main.get_command(app))
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)

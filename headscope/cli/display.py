@@ -25,14 +25,23 @@ def load_with_status(model: str, prefix: str = "", **kwargs: Any) -> Any:
     return loaded
 
 
-def top_table(scores: Any, k: int = 10, title: str = "top heads") -> Table:
-    """A table of the top ``k`` heads for each metric (with a ``run`` column when rows carry one)."""
+def top_table(scores: Any, k: int = 10, title: str = "top heads", order: str | None = None) -> Table:
+    """A table of the top ``k`` heads for each metric (with a ``run`` column when rows carry one),
+    ranked by ``order`` (:meth:`HeadScores.top`; default |score| for a signed metric); the title
+    says how each metric is ranked."""
+    from headscope.results.head_scores import ORDER_TITLES
+
+    orders = {metric: scores.order_for(metric, order) for metric in scores.metrics}
+    if len(set(orders.values())) == 1:
+        title = f"{title} ({ORDER_TITLES[next(iter(orders.values()))]})"
+    elif orders:
+        title = f"{title} ({'; '.join(f'{m} {ORDER_TITLES[o]}' for m, o in orders.items())})"
     table = Table(title=title, show_lines=False)
     has_run = "run" in scores.columns
     for col in ("metric", "rank", *(("run",) if has_run else ()), "head", "score", "± stderr"):
         table.add_column(col, justify="left" if col in ("metric", "run") else "right")
     for metric in scores.metrics:
-        top = scores.top(k, metric=metric)
+        top = scores.top(k, metric=metric, order=orders[metric])
         for rank, row in enumerate(top.itertuples(), start=1):
             stderr = getattr(row, "stderr", None)
             table.add_row(

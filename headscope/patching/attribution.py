@@ -81,25 +81,14 @@ def attribution_scores(
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    """Spearman rank correlation of two equally-shaped tensors (average ranks for ties).
+    """Spearman rank correlation of two equally-shaped tensors (:func:`headscope.stats.spearman`:
+    average ranks for ties, O(n log n)).
 
     Returns None when either side is constant (the correlation is undefined there, e.g. exact
     patching at a position no later component reads).
     """
+    from headscope.stats import spearman
 
-    def ranks(x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1).double()
-        order = flat.argsort()
-        r = torch.empty_like(flat)
-        r[order] = torch.arange(len(flat), dtype=torch.double)
-        for v in flat.unique():
-            tie = flat == v
-            if tie.sum() > 1:
-                r[tie] = r[tie].mean()
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    if float(ra.norm()) == 0.0 or float(rb.norm()) == 0.0:
-        return None
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+    rho = spearman(a.detach().reshape(-1).double().cpu().numpy(), b.detach().reshape(-1).double().cpu().numpy(),
+                   min_pairs=2)
+    return None if rho != rho else rho

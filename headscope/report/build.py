@@ -64,18 +64,23 @@ def provenance_html(prov: dict[str, Any]) -> str:
     return f"<table class='prov'>{rows}</table>"
 
 
-def top_heads_html(scores: HeadScores, k: int = 10) -> str:
-    """The top ``k`` heads of every metric, one small table each."""
+def top_heads_html(scores: HeadScores, k: int = 10, order: str | None = None) -> str:
+    """The top ``k`` heads of every metric, one small table each, headed by the metric and its
+    ranking (``order`` as :meth:`HeadScores.top`; default |score| for signed metrics)."""
+    from headscope.results.head_scores import ORDER_TITLES
+
     parts = []
     for metric in scores.metrics[:MAX_METRICS * 2]:
-        top = scores.top(k, metric=metric)
+        how = scores.order_for(metric, order)
+        top = scores.top(k, metric=metric, order=how)
         has_err = "stderr" in top.columns and top["stderr"].notna().any()
         head = "<tr><th>rank</th><th>head</th><th>score</th>" + ("<th>± stderr</th>" if has_err else "") + "</tr>"
         body = ""
         for rank, r in enumerate(top.itertuples(), start=1):
             err = f"<td class='num'>{r.stderr:.4f}</td>" if has_err else ""
             body += f"<tr><td class='num'>{rank}</td><td>{r.layer}.{r.head}</td><td class='num'>{r.score:.4f}</td>{err}</tr>"
-        parts.append(f"<div><b>{html.escape(metric)}</b><table>{head}{body}</table></div>")
+        parts.append(f"<div><b>{html.escape(metric)}</b> <span class='muted'>({ORDER_TITLES[how]})</span>"
+                     f"<table>{head}{body}</table></div>")
     return f"<div class='tops'>{''.join(parts)}</div>"
 
 
@@ -146,6 +151,7 @@ def build_report(
     top_k: int = 10,
     extra_figures: Sequence[tuple[str, Any]] = (),
     notes: str | None = None,
+    order: str | None = None,
 ) -> Path:
     """Write one self-contained HTML report for ``results``.
 
@@ -156,6 +162,8 @@ def build_report(
         top_k: heads listed per metric.
         extra_figures: ``(heading, plotly Figure)`` pairs appended after the per-result figures.
         notes: optional HTML-escaped paragraph under the title (e.g. the recipe's description).
+        order: ranking of the top heads, ``abs``, ``desc`` or ``asc`` (default: |score| for a
+            signed metric, one with a negative score, else highest first; :meth:`HeadScores.top`).
 
     Returns:
         The path written.
@@ -176,7 +184,7 @@ def build_report(
         first = pd.DataFrame(scores).iloc[0] if len(scores) else None
         what = "" if first is None else f"{first['model']} · {first['task']} · {first['analyzer']}"
         body = [f"<h2 id='r{i}'>{html.escape(what or name)}</h2><p class='muted'>{html.escape(name)}</p>",
-                "<h3>top heads</h3>", top_heads_html(scores, top_k)]
+                "<h3>top heads</h3>", top_heads_html(scores, top_k, order)]
         for heading, fig in result_figures(scores) if len(scores) else []:
             body.append(f"<h3>{html.escape(heading)}</h3><div class='fig'>{figure_div(fig, f'fig{fig_no}')}</div>")
             fig_no += 1

@@ -40,6 +40,27 @@ def write_parquet(frame: pd.DataFrame, provenance: dict[str, Any], path: str | P
     return target
 
 
+ORDERS = ("abs", "desc", "asc")
+ORDER_TITLES = {"abs": "by |score|", "desc": "highest first", "asc": "lowest first"}
+
+
+def check_order(order: str, name: str = "order") -> str:
+    """``order`` if it is one of :data:`ORDERS`, else a one-line error (``name``: what to call it)."""
+    if order not in ORDERS:
+        from headscope.errors import suggest
+
+        raise HeadscopeError(f"unknown {name} {order!r}.{suggest(str(order), ORDERS)} Use one of: {', '.join(ORDERS)}.")
+    return order
+
+
+def default_order(scores: Any) -> str:
+    """The default ranking of one metric's scores: ``abs`` when the metric is signed (any score
+    is negative: patching effects, logit differences), else ``desc``. On scores that are all
+    >= 0 the two rankings agree, so this only changes where a negative score exists."""
+    values = np.asarray(scores, dtype=float)
+    return "abs" if bool((values < 0).any()) else "desc"
+
+
 class HeadScores(ProvenanceFrame):
     """Tidy per-head scores. See the module docstring for the schema."""
 
@@ -108,12 +129,26 @@ class HeadScores(ProvenanceFrame):
             raise HeadscopeError(f"no metric '{metric}' in these scores.{suggest(metric, metrics)} Metrics: {metrics}.")
         return self[self["metric"] == metric]
 
-    def top(self, k: int = 10, metric: str | None = None, absolute: bool = False) -> HeadScores:
-        """The ``k`` highest-scoring heads for one metric (default: the first metric)."""
+    def order_for(self, metric: str | None = None, order: str | None = None) -> str:
+        """The ranking :meth:`top` uses for one metric: ``order`` if given (``abs``, ``desc``,
+        ``asc``), else :func:`default_order` of that metric's scores."""
+        return check_order(order) if order is not None else default_order(self._one_metric(metric)["score"])
+
+    def top(self, k: int = 10, metric: str | None = None, absolute: bool = False,
+            order: str | None = None) -> HeadScores:
+        """The ``k`` top-ranked heads for one metric (default: the first metric).
+
+        ``order``: ``abs`` (largest |score| first), ``desc`` (highest first) or ``asc`` (lowest
+        first). Default (None): ``abs`` for a signed metric, one whose scores include a negative
+        value (patching-type effects, where -0.9999 is as strong as +0.9999), else ``desc``
+        (:func:`default_order`). ``absolute=True`` is the older spelling of ``order="abs"``.
+        """
         rows = self._one_metric(metric)
-        key = rows["score"].abs() if absolute else rows["score"]
-        order = key.sort_values(ascending=False, kind="stable").index[:k]
-        return rows.loc[order]
+        how = "abs" if absolute and order is None else (check_order(order) if order is not None
+                                                         else default_order(rows["score"]))
+        key = rows["score"].abs() if how == "abs" else rows["score"]
+        ranked = key.sort_values(ascending=how == "asc", kind="stable").index[:k]
+        return rows.loc[ranked]
 
     def matrix(self, metric: str | None = None, value: str = "score") -> pd.DataFrame:
         """A (layer x head) table of one metric; missing heads are NaN."""
@@ -123,11 +158,20 @@ class HeadScores(ProvenanceFrame):
         table = pd.DataFrame(rows).pivot_table(index="layer", columns="head", values=value, aggfunc="first")
         return table.sort_index().sort_index(axis=1)
 
-    def heads(self, metric: str | None = None, threshold: float | None = None, k: int | None = None) -> list[tuple[int, int]]:
-        """(layer, head) pairs: the top ``k`` and/or those scoring above ``threshold``."""
-        rows = self.top(k or len(self), metric)
+    def heads(self, metric: str | None = None, threshold: float | None = None, k: int | None = None,
+              order: str | None = None) -> list[tuple[int, int]]:
+        """(layer, head) pairs: the top ``k`` (ranked as :meth:`top` ranks, ``order`` included)
+        and/or those past ``threshold`` on that ranking (``|score| >`` for ``abs``, ``score >`` for
+        ``desc``, ``score <`` for ``asc``)."""
+        how = self.order_for(metric, order)
+        rows = self.top(k or len(self), metric, order=how)
         if threshold is not None:
-            rows = rows[rows["score"] > threshold]
+            if how == "abs":
+                rows = rows[rows["score"].abs() > threshold]
+            elif how == "asc":
+                rows = rows[rows["score"] < threshold]
+            else:
+                rows = rows[rows["score"] > threshold]
         return [(int(r.layer), int(r.head)) for r in rows.itertuples()]
 
     def validate(self) -> HeadScores:

@@ -76,7 +76,7 @@ class IOITask:
             "metric": "logit_diff(IO - S) at END",
         }
 
-    def _check(self) -> list[str]:
+    def _check(self) -> list[tuple[int, str]]:
         if self.corruption not in CORRUPTIONS:
             raise HeadscopeError(
                 f"unknown IOI corruption '{self.corruption}'.{suggest(self.corruption, CORRUPTIONS)} "
@@ -91,7 +91,7 @@ class IOITask:
         bad = [i for i in idx if not 0 <= int(i) < len(all_templates)]
         if bad or not idx:
             raise HeadscopeError(f"IOI templates are numbered 0..{len(all_templates) - 1}; got {self.templates}.")
-        return [all_templates[int(i)] for i in idx]
+        return [(int(i), all_templates[int(i)]) for i in idx]
 
     def batch(self, model: Any) -> ContrastiveBatch:
         """Clean and corrupted prompts, answers (IO) and wrong answers (S), named positions."""
@@ -112,8 +112,7 @@ class IOITask:
         bos = model.prepend_bos if self.prepend_bos is None else bool(self.prepend_bos)
         rows: dict[str, list] = {k: [] for k in ("clean", "corr", "ans", "wrong", "IO", "S1", "S2", "group")}
         for i in range(self.n_prompts):
-            t_idx = i % len(templates)
-            template = templates[t_idx]
+            t_idx, template = templates[i % len(templates)]
             order = self.order if self.order != "mixed" else ("ABBA", "BABA")[(i // len(templates)) % 2]
             io, s, *others = rng.sample(names, 5)
             fill = {"PLACE": rng.choice(places), "OBJECT": rng.choice(objects)}
@@ -130,10 +129,7 @@ class IOITask:
             s_pos = [p for p, t in enumerate(ids) if t == s_id]
             io_pos = [p for p, t in enumerate(ids) if t == io_id]
             if len(s_pos) != 2 or len(io_pos) != 1:
-                raise HeadscopeError(
-                    f"IOI template {t_idx} does not tokenize with separate name tokens for {model.spec}; "
-                    "choose other templates with -o templates=[0,1]."
-                )
+                raise HeadscopeError(_untokenizable(model, t_idx, ids, io, s, {**fill, "X": x, "Y": y, "B": s}, bos))
             rows["clean"].append(clean)
             rows["corr"].append(corrupted)
             rows["ans"].append(" " + io)
@@ -158,3 +154,34 @@ class IOITask:
     def tokens(self, model: Any) -> Any:
         """The clean prompts (n, pos), for analyzers that read one batch."""
         return self.batch(model).clean
+
+
+def _untokenizable(model: Any, t_idx: int, ids: list[int], io: str, s: str, fill: dict[str, str], bos: bool) -> str:
+    """The one-line error for a prompt whose names are not separate tokens: the template id (in
+    ``data/ioi_templates.json``), which name fails and why, and the templates that do work with
+    the same words (never the failing one), or that none does."""
+    tok = model.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
+    where = f"IOI template {t_idx} cannot be used with {model.spec}"
+    for name in (io, s):
+        if unk is not None and model.single_token(" " + name) == unk:
+            return (f"{where}: the name ' {name}' is the tokenizer's unknown token {tok.unk_token!r} (its vocabulary "
+                    "has no IOI names), so no template separates the names; use a model with a word-level BPE vocabulary.")
+    pieces = [tok.decode([t]) for t in ids]
+    cause = ""
+    for name, want in ((s, 2), (io, 1)):
+        found = ids.count(model.single_token(" " + name))
+        if found != want:
+            cause = (f"the name ' {name}' should be {want} separate token(s) in the prompt but is {found} "
+                     f"(the prompt tokenizes as {pieces})")
+            break
+    fits = []
+    for j, other in enumerate(load_json("ioi_templates.json")["templates"]):
+        if j == t_idx:
+            continue
+        other_ids = encode(model, other.format(**fill), bos)
+        if other_ids.count(model.single_token(" " + s)) == 2 and other_ids.count(model.single_token(" " + io)) == 1:
+            fits.append(j)
+    fix = (f"choose templates that do, e.g. -o templates=[{','.join(map(str, fits))}]" if fits
+           else "no other template separates them either; use a model with a word-level BPE vocabulary")
+    return f"{where}: {cause or 'its names are not separate tokens'}; {fix}."

@@ -293,6 +293,76 @@ def _shard_spec() -> Any:
                      merge=merge_shards)
 
 
+def _check_options(rouge_reference: str, scoring: str, stop: str) -> None:
+    """One-line errors for an unknown ROUGE reference, scoring or stop rule."""
+    if rouge_reference not in ("needle", "answer"):
+        raise HeadscopeError("rouge_reference must be 'needle' or 'answer'.")
+    if scoring not in SCORINGS:
+        raise HeadscopeError(f"unknown retrieval scoring '{scoring}': choose {', '.join(SCORINGS)}.")
+    if stop not in STOPS:
+        raise HeadscopeError(f"unknown stop rule '{stop}': choose {', '.join(STOPS)}.")
+
+
+def _select_trials(model: Any, task: Any, trials: list[int] | None, check_masking: bool) -> tuple[list[int], list[Any]]:
+    """The run's trial indices (sorted, unique; default all) and the trials themselves."""
+    every = task.trials(model)
+    if trials is not None:
+        bad = [i for i in trials if not 0 <= int(i) < len(every)]
+        if bad:
+            raise HeadscopeError(f"trial {bad[0]} is out of range: the task has trials 0..{len(every) - 1}.")
+        if check_masking:
+            raise HeadscopeError("check_masking needs every trial's scores: run it without trials= or sharding "
+                                 "(e.g. on the merged result's top heads with `headscope ablate`).")
+    indices = list(range(len(every))) if trials is None else sorted({int(i) for i in trials})
+    return indices, [every[i] for i in indices]
+
+
+def _score_trials(model: Any, indices: list[int], chosen: list[Any], budgets: list[int], rouge_reference: str,
+                  scoring: str, stop: str, prefill_chunk: int, progress: bool) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Decode every trial; sum the counted trials' copy scores / needle length.
+
+    Returns:
+        ``(total, records)``: the (n_layers, n_heads) sum over counted trials, and one record
+        per trial (its response, ROUGE-1 recall and whether it counted).
+    """
+    total = np.zeros((model.n_layers, model.n_heads))
+    records = []
+    for index, trial, n_new in progress_bar(list(zip(indices, chosen, budgets, strict=True)), "retrieval",
+                                            enabled=progress):
+        text, copied = greedy_decode(model, trial, n_new, scoring=scoring, stop=stop, prefill_chunk=prefill_chunk)
+        reference = trial.needle if rouge_reference == "needle" else trial.answer
+        recall = rouge1_recall(text, reference)
+        counted = recall > 0.5
+        if counted:
+            total += copied / (trial.needle_span[1] - trial.needle_span[0])
+        records.append({"trial": index, "context_len": trial.context_len, "depth": trial.depth, "needle": trial.needle,
+                        "response": text, "rouge1_recall": round(recall, 4), "counted": bool(counted)})
+    return total, records
+
+
+def _retrieval_choices(options: dict[str, Any], summary: dict[str, Any], records: list[dict[str, Any]],
+                       causal: dict[str, Any] | None) -> dict[str, Any]:
+    """The provenance ``choices`` of a run with ``options`` as called."""
+    stop, scoring, rouge_reference, prefill_chunk = (options[k] for k in ("stop", "scoring", "rouge_reference",
+                                                                          "prefill_chunk"))
+    return {
+        "decoding": "greedy with the KV cache (each step feeds only the new token), " + (
+            "stop at EOS/end-of-turn, at a token ending a sentence or line" if stop == "sentence"
+            else "stop after a newline token (scored; EOS does not stop)") + ", or after max_new_tokens",
+        "copy_event": "top-1 attention of the last query inside the needle span on a token equal to "
+        "the emitted token, from the first answer token (the step that feeds the last prompt token) on; " + (
+            "distinct needle positions per head / needle length" if scoring == "distinct"
+            else "1/needle length per copying step (reference)"),
+        "counted_trials": f"ROUGE-1 recall (rouge-score, Porter stemmer) vs the {rouge_reference} > 0.5",
+        "gqa": "per query head",
+        "memory": f"prompt prefilled into the KV cache {prefill_chunk or 'all'} queries per pass with nothing "
+        "captured; each decoding step's last-query-row argmax reduced inside the hook; no pattern kept",
+        "summary": summary,
+        "trials": records,
+        "causal_check": causal,
+    }
+
+
 @register_analyzer(
     "retrieval_heads",
     summary="retrieval score (Wu et al. 2024): copy-paste attention from the needle during greedy decoding",
@@ -339,36 +409,11 @@ def retrieval_heads(
         HeadScores with metric ``retrieval`` (``n`` = counted trials); the summary (fraction of
         heads above ``threshold``, trial accuracy) and the causal check are in the provenance.
     """
-    if rouge_reference not in ("needle", "answer"):
-        raise HeadscopeError("rouge_reference must be 'needle' or 'answer'.")
-    if scoring not in SCORINGS:
-        raise HeadscopeError(f"unknown retrieval scoring '{scoring}': choose {', '.join(SCORINGS)}.")
-    if stop not in STOPS:
-        raise HeadscopeError(f"unknown stop rule '{stop}': choose {', '.join(STOPS)}.")
-    every = task.trials(model)
-    if trials is not None:
-        bad = [i for i in trials if not 0 <= int(i) < len(every)]
-        if bad:
-            raise HeadscopeError(f"trial {bad[0]} is out of range: the task has trials 0..{len(every) - 1}.")
-        if check_masking:
-            raise HeadscopeError("check_masking needs every trial's scores: run it without trials= or sharding "
-                                 "(e.g. on the merged result's top heads with `headscope ablate`).")
-    indices = list(range(len(every))) if trials is None else sorted({int(i) for i in trials})
-    chosen = [every[i] for i in indices]
+    _check_options(rouge_reference, scoring, stop)
+    indices, chosen = _select_trials(model, task, trials, check_masking)
     budgets = [max_new_tokens or (t.needle_span[1] - t.needle_span[0] + 8) for t in chosen]
-    shape = (model.n_layers, model.n_heads)
-    total = np.zeros(shape)
-    records = []
-    for index, trial, n_new in progress_bar(list(zip(indices, chosen, budgets, strict=True)), "retrieval",
-                                            enabled=progress):
-        text, copied = greedy_decode(model, trial, n_new, scoring=scoring, stop=stop, prefill_chunk=prefill_chunk)
-        reference = trial.needle if rouge_reference == "needle" else trial.answer
-        recall = rouge1_recall(text, reference)
-        counted = recall > 0.5
-        if counted:
-            total += copied / (trial.needle_span[1] - trial.needle_span[0])
-        records.append({"trial": index, "context_len": trial.context_len, "depth": trial.depth, "needle": trial.needle,
-                        "response": text, "rouge1_recall": round(recall, 4), "counted": bool(counted)})
+    total, records = _score_trials(model, indices, chosen, budgets, rouge_reference, scoring, stop, prefill_chunk,
+                                   progress)
     n_counted = sum(r["counted"] for r in records)
     if not n_counted and trials is None:  # a shard may count none; the merge checks the whole run
         raise no_recalled_needle(records, rouge_reference)
@@ -378,32 +423,12 @@ def retrieval_heads(
     if check_masking:
         causal = masking_check(model, chosen, budgets, scores, mask_k, n_random, threshold, seed,
                                rouge_reference, progress, base_accuracy=summary["accuracy"], stop=stop)
-    provenance = build_provenance(
-        model,
-        task=task.describe(),
-        analyzer="retrieval_heads",
-        options={"threshold": threshold, "rouge_reference": rouge_reference, "max_new_tokens": max_new_tokens,
-                 "scoring": scoring, "stop": stop,
-                 "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed,
-                 "trials": trials, "prefill_chunk": prefill_chunk},
-        choices={
-            "decoding": "greedy with the KV cache (each step feeds only the new token), " + (
-                "stop at EOS/end-of-turn, at a token ending a sentence or line" if stop == "sentence"
-                else "stop after a newline token (scored; EOS does not stop)") + ", or after max_new_tokens",
-            "copy_event": "top-1 attention of the last query inside the needle span on a token equal to "
-            "the emitted token, from the first answer token (the step that feeds the last prompt token) on; " + (
-                "distinct needle positions per head / needle length" if scoring == "distinct"
-                else "1/needle length per copying step (reference)"),
-            "counted_trials": f"ROUGE-1 recall (rouge-score, Porter stemmer) vs the {rouge_reference} > 0.5",
-            "gqa": "per query head",
-            "memory": f"prompt prefilled into the KV cache {prefill_chunk or 'all'} queries per pass with nothing "
-            "captured; each decoding step's last-query-row argmax reduced inside the hook; no pattern kept",
-            "summary": summary,
-            "trials": records,
-            "causal_check": causal,
-        },
-        seed=seed,
-    )
+    options = {"threshold": threshold, "rouge_reference": rouge_reference, "max_new_tokens": max_new_tokens,
+               "scoring": scoring, "stop": stop,
+               "check_masking": check_masking, "mask_k": mask_k, "n_random": n_random, "seed": seed,
+               "trials": trials, "prefill_chunk": prefill_chunk}
+    provenance = build_provenance(model, task=task.describe(), analyzer="retrieval_heads", options=options,
+                                  choices=_retrieval_choices(options, summary, records, causal), seed=seed)
     return retrieval_scores(model, task, scores, n_counted, provenance)
 
 

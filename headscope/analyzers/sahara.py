@@ -47,6 +47,8 @@ angle after each step. Preset ``paper``: ``vectors=left``, ``representation=fina
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -103,6 +105,116 @@ def representations(model: Any, tokens: torch.Tensor, last: torch.Tensor, interv
     return capture_stream(model, tokens, [name], interventions, batch_size, positions=last)[name]
 
 
+@dataclass
+class _Search:
+    """The greedy search's record over the (n_layers, n_heads) grid.
+
+    Attributes:
+        alone: each candidate's angle alone (step 1), NaN for non-candidates.
+        order: 1..steps for the selected heads, 0 otherwise.
+        set_angle: the set's angle right after the head joined, NaN otherwise.
+        chosen: the selected heads in order; history: the set's angle after each step.
+    """
+
+    alone: np.ndarray
+    order: np.ndarray
+    set_angle: np.ndarray
+    chosen: list[Head] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)
+
+
+def _check_options(ablation: str, vectors: str, representation: str, steps: int, rank: int) -> None:
+    """One-line errors for unknown ablations, vectors, representations and steps / rank below 1."""
+    check_ablation(ablation)
+    if vectors not in SINGULAR_VECTORS:
+        raise HeadscopeError(f"vectors must be left or right (singular vectors); got '{vectors}'.")
+    if representation not in REPRESENTATIONS:
+        raise HeadscopeError(f"representation must be {' or '.join(REPRESENTATIONS)}; got '{representation}'.")
+    if steps < 1 or rank < 1:
+        raise HeadscopeError("steps and rank must be at least 1: e.g. -o steps=3 -o rank=1.")
+
+
+def _candidate_pool(model: Any, task: Any, candidates: str | int | None, ablation: str, eps: float,
+                    batch_size: int | None, progress: bool) -> tuple[list[Head], str]:
+    """The candidate heads and the rule that chose them (all, top N by Ships, or a given list)."""
+    if candidates is None or candidates == "all":
+        return select_heads(model, None), "all heads"
+    if isinstance(candidates, int) or str(candidates).isdigit():
+        n = int(candidates)
+        sh = ships(model, task, ablation=ablation, eps=eps, batch_size=batch_size, progress=progress)
+        return sh.heads("ships_kl", k=n), f"top {n} heads by Ships ({ablation})"
+    return model.parse_heads(str(candidates)), "given list"
+
+
+def _angle_of_ablation(model: Any, tokens: torch.Tensor, last: torch.Tensor, ablation: str, eps: float, means: Any,
+                       batch_size: int | None, rank: int, vectors: str,
+                       representation: str) -> Callable[[list[Head]], float]:
+    """The function: head set -> angle (degrees) between the unablated and the ablated top subspaces.
+
+    ``tokens`` (n, pos) right-padded requests, ``last`` (n,) their last real positions; the
+    representations are (n, d_model), the compared singular vectors (n, rank) or (d_model, rank).
+    """
+    base = top_singular(representations(model, tokens, last, [], batch_size, representation), rank, vectors)
+
+    def angle(heads: list[Head]) -> float:
+        ivs = build_ablation(ablation, heads, eps, means)
+        rep = representations(model, tokens, last, ivs, batch_size, representation)
+        return subspace_angle(base, top_singular(rep, rank, vectors))
+
+    return angle
+
+
+def _greedy_search(angle: Callable[[list[Head]], float], pool: list[Head], steps: int, shape: tuple[int, int],
+                   progress: bool) -> _Search:
+    """Grow the set ``steps`` times by the candidate whose addition gives the largest angle."""
+    search = _Search(alone=np.full(shape, np.nan), order=np.zeros(shape), set_angle=np.full(shape, np.nan))
+    for step in range(steps):
+        best, best_angle = None, -1.0
+        for head in progress_bar([h for h in pool if h not in search.chosen], f"sahara step {step + 1}", enabled=progress):
+            a = angle(search.chosen + [head])
+            if step == 0:
+                search.alone[head] = a
+            if a > best_angle:
+                best, best_angle = head, a
+        assert best is not None
+        search.chosen.append(best)
+        search.history.append(best_angle)
+        search.order[best] = step + 1
+        search.set_angle[best] = best_angle
+    return search
+
+
+def _sahara_scores(model: Any, task: Any, options: dict[str, Any], rule: str, n_candidates: int, n: int,
+                   search: _Search) -> HeadScores:
+    """The three metrics' rows with the provenance (``options`` as called, ``n`` requests)."""
+    representation, vectors, rank, ablation, eps = (options[k] for k in ("representation", "vectors", "rank",
+                                                                          "ablation", "eps"))
+    prov = build_provenance(
+        model, task=task.describe(), analyzer="sahara",
+        options=options,
+        choices={
+            "representation": f"{representation_hook(model, representation)} at the last real token "
+            + ("(after the final norm)" if representation == "final_norm" else "(before the final norm)"),
+            "singular_vectors": f"top {rank} {vectors} singular vectors "
+            + ("(request space, columns of U)" if vectors == "left" else "(d_model directions, columns of V)")
+            + ", uncentred SVD",
+            "angle": "sum of principal angles between the spans, degrees",
+            "ablation": ablation, "eps": eps if ablation == "query_scale" else None,
+            "candidates": rule, "n_candidates": n_candidates,
+            "selected": [f"{layer}.{head}" for layer, head in search.chosen],
+            "set_angle_per_step": search.history,
+        },
+    )
+    common = {"model": model.spec, "task": task.name, "analyzer": "sahara"}
+    extra = {"n": n}
+    return HeadScores.concat(
+        [HeadScores.from_matrix(search.alone, metric="sahara_angle", extra=extra, **common),
+         HeadScores.from_matrix(search.order, metric="sahara_order", extra=extra, **common),
+         HeadScores.from_matrix(search.set_angle, metric="sahara_set_angle", extra=extra, **common)],
+        provenance=prov,
+    )
+
+
 @register_analyzer(
     "sahara",
     summary="Sahara (Zhou et al. 2024): greedy head set whose ablation most rotates the final hidden states' top singular subspace",
@@ -144,76 +256,16 @@ def sahara(
         (the set's angle right after the head joined; NaN otherwise). The selected set is in
         ``provenance["choices"]["selected"]``.
     """
-    check_ablation(ablation)
-    if vectors not in SINGULAR_VECTORS:
-        raise HeadscopeError(f"vectors must be left or right (singular vectors); got '{vectors}'.")
-    if representation not in REPRESENTATIONS:
-        raise HeadscopeError(f"representation must be {' or '.join(REPRESENTATIONS)}; got '{representation}'.")
-    if steps < 1 or rank < 1:
-        raise HeadscopeError("steps and rank must be at least 1: e.g. -o steps=3 -o rank=1.")
+    _check_options(ablation, vectors, representation, steps, rank)
     tokens, last = task.padded(model, "harmful")
     if rank > min(tokens.shape[0], model.d_model):
         raise HeadscopeError(f"rank {rank} exceeds the {tokens.shape[0]} requests: lower -o rank or raise -o n_prompts.")
-    rule = "all heads"
-    if candidates is None or candidates == "all":
-        pool = select_heads(model, None)
-    elif isinstance(candidates, int) or str(candidates).isdigit():
-        n = int(candidates)
-        sh = ships(model, task, ablation=ablation, eps=eps, batch_size=batch_size, progress=progress)
-        pool = sh.heads("ships_kl", k=n)
-        rule = f"top {n} heads by Ships ({ablation})"
-    else:
-        pool = model.parse_heads(str(candidates))
-        rule = "given list"
+    pool, rule = _candidate_pool(model, task, candidates, ablation, eps, batch_size, progress)
     if steps > len(pool):
         raise HeadscopeError(f"steps={steps} but only {len(pool)} candidate heads: lower -o steps.")
     means = ablation_means(model, task, ablation, pool, batch_size)
-    base = top_singular(representations(model, tokens, last, [], batch_size, representation), rank, vectors)
-
-    def angle(heads: list[Head]) -> float:
-        ivs = build_ablation(ablation, heads, eps, means)
-        rep = representations(model, tokens, last, ivs, batch_size, representation)
-        return subspace_angle(base, top_singular(rep, rank, vectors))
-
-    shape = (model.n_layers, model.n_heads)
-    alone, order, set_angle = np.full(shape, np.nan), np.zeros(shape), np.full(shape, np.nan)
-    chosen: list[Head] = []
-    history: list[float] = []
-    for step in range(steps):
-        best, best_angle = None, -1.0
-        for head in progress_bar([h for h in pool if h not in chosen], f"sahara step {step + 1}", enabled=progress):
-            a = angle(chosen + [head])
-            if step == 0:
-                alone[head] = a
-            if a > best_angle:
-                best, best_angle = head, a
-        assert best is not None
-        chosen.append(best)
-        history.append(best_angle)
-        order[best] = step + 1
-        set_angle[best] = best_angle
-    prov = build_provenance(
-        model, task=task.describe(), analyzer="sahara",
-        options={"steps": steps, "rank": rank, "candidates": candidates, "ablation": ablation, "eps": eps,
-                 "vectors": vectors, "representation": representation, "batch_size": batch_size},
-        choices={
-            "representation": f"{representation_hook(model, representation)} at the last real token "
-            + ("(after the final norm)" if representation == "final_norm" else "(before the final norm)"),
-            "singular_vectors": f"top {rank} {vectors} singular vectors "
-            + ("(request space, columns of U)" if vectors == "left" else "(d_model directions, columns of V)")
-            + ", uncentred SVD",
-            "angle": "sum of principal angles between the spans, degrees",
-            "ablation": ablation, "eps": eps if ablation == "query_scale" else None,
-            "candidates": rule, "n_candidates": len(pool),
-            "selected": [f"{layer}.{head}" for layer, head in chosen],
-            "set_angle_per_step": history,
-        },
-    )
-    common = {"model": model.spec, "task": task.name, "analyzer": "sahara"}
-    extra = {"n": int(tokens.shape[0])}
-    return HeadScores.concat(
-        [HeadScores.from_matrix(alone, metric="sahara_angle", extra=extra, **common),
-         HeadScores.from_matrix(order, metric="sahara_order", extra=extra, **common),
-         HeadScores.from_matrix(set_angle, metric="sahara_set_angle", extra=extra, **common)],
-        provenance=prov,
-    )
+    angle = _angle_of_ablation(model, tokens, last, ablation, eps, means, batch_size, rank, vectors, representation)
+    search = _greedy_search(angle, pool, steps, (model.n_layers, model.n_heads), progress)
+    options = {"steps": steps, "rank": rank, "candidates": candidates, "ablation": ablation, "eps": eps,
+               "vectors": vectors, "representation": representation, "batch_size": batch_size}
+    return _sahara_scores(model, task, options, rule, len(pool), int(tokens.shape[0]), search)

@@ -167,6 +167,161 @@ def _is_selector(value: Any) -> bool:
     return isinstance(value, dict) and "heads_from" in value
 
 
+def _output_dir(recipe: Recipe, spec: str, quick: bool, out_dir: str | Path | None) -> Path:
+    """The run's output directory, created: ``out_dir`` or the recipe's / the default one.
+
+    Every step's output must be a plain file directly inside it (one-line errors otherwise).
+    """
+    # the recipe may only name a relative directory (checked by load_recipe); the user's
+    # --out-dir may be anywhere
+    base = Path(recipe.outputs.get("dir") or f"results/{slug(recipe.name)}/{slug(spec)}{'-quick' if quick else ''}")
+    target = Path(out_dir).expanduser() if out_dir is not None else base
+    for step in recipe.steps:  # every output a plain file directly inside the output directory
+        if Path(f"{step.id}.parquet").name != f"{step.id}.parquet" or step.id.startswith("."):
+            raise HeadscopeError(f"recipe '{recipe.name}': step id {step.id!r} is not a plain name.")
+    if target.exists() and not target.is_dir():
+        raise HeadscopeError(f"output directory {target} is a file: pass another --out-dir.")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HeadscopeError(f"cannot create output directory {target}: {exc.strerror or exc}. Pass a writable --out-dir.") from None
+    return target
+
+
+@dataclass
+class _LazyModel:
+    """The run's model, loaded (and timed in the log) on first use unless one was given."""
+
+    spec: str
+    device: str | None
+    dtype: str | None
+    device_map: str | None
+    log: Callable[[str], None]
+    model: Any = None
+
+    def get(self) -> Any:
+        """The loaded :class:`Model`."""
+        if self.model is None:
+            from headscope.models import load_model
+
+            t0 = time.perf_counter()
+            self.log(f"loading {self.spec} ...")
+            self.model = load_model(self.spec, device=self.device, dtype=self.dtype, device_map=self.device_map)
+            self.log(f"loaded {self.spec} in {time.perf_counter() - t0:.1f} s")
+        return self.model
+
+
+@dataclass
+class _RecipeRun:
+    """One recipe run: its settings and what its steps produced so far.
+
+    Attributes:
+        results: step id -> HeadScores of analyzer and classify steps (head selectors read them).
+        edges: step id -> EdgeScores of circuit steps.
+    """
+
+    recipe: Recipe
+    spec: str
+    dtype: str | None
+    quick: bool
+    force: bool
+    progress: bool
+    model_override: str | None
+    log: Callable[[str], None]
+    model: _LazyModel
+    result: RunResult
+    results: dict[str, HeadScores] = field(default_factory=dict)
+    edges: dict[str, Any] = field(default_factory=dict)
+
+    def store(self, step: Step, scores: Any, path: Path) -> None:
+        """Keep a step's scores (circuit steps apart) and record its output path."""
+        (self.edges if step.kind == "circuit" else self.results)[step.id] = scores
+        self.result.paths[step.id] = path
+
+
+def _step_payload(step: Step, cfg: dict[str, Any], results: dict[str, HeadScores]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a step's hash covers (head selectors resolved to heads), and its resolved options."""
+    if step.kind == "classify":
+        rules = [{**r, "resolved": heads_text(select_heads(results[r["heads_from"]], r))} for r in step.classify]
+        return {"classify": rules}, {}
+    if step.kind == "circuit":
+        options = dict(cfg["options"])
+        return {"circuit": step.circuit, "task": step.task, "task_params": cfg["task_params"], "options": options}, options
+    options = {k: resolve(v, results) for k, v in cfg["options"].items()}
+    return {"analyzer": step.analyzer, "task": step.task, "task_params": cfg["task_params"], "options": options}, options
+
+
+def _up_to_date(step: Step, path: Path, digest: str) -> Any | None:
+    """The step's earlier output at ``path`` if it exists, reads and carries ``digest``, else None."""
+    if not path.exists():
+        return None
+    try:
+        old = read_edge_scores(path) if step.kind == "circuit" else read_parquet(path)
+    except HeadscopeError:
+        old = None
+    if old is not None and old.provenance.get("recipe", {}).get("hash") == digest:
+        return old
+    return None
+
+
+def _execute_step(run: _RecipeRun, step: Step, cfg: dict[str, Any], options: dict[str, Any], prefix: str) -> Any:
+    """Compute one step: head classes, or the planned analyzer / circuit method on the model."""
+    from headscope.plan import plan
+    from headscope.plan import run as run_plan
+
+    if step.kind == "classify":
+        run.log(f"{prefix}: head classes from {', '.join(dict.fromkeys(r['heads_from'] for r in step.classify))}")
+        return classify(step, run.results, run.recipe.name)
+    what = f"circuit {step.circuit}" if step.kind == "circuit" else str(step.analyzer)
+    run.log(f"{prefix}: {what} on {step.task} "
+            f"{json.dumps(cfg['task_params'])} {json.dumps(options, default=str)}")
+    kind = "edges" if step.kind == "circuit" else "heads"
+    call = plan(str(step.circuit if kind == "edges" else step.analyzer), str(step.task), options,
+                task_params=cfg["task_params"], kind=kind)
+    if kind == "heads" and run.progress and "progress" in call.method.options() and "progress" not in call.given:
+        call = replace(call, options={**call.options, "progress": True})
+    return run_plan(call, run.model.get())
+
+
+def _run_step(run: _RecipeRun, i: int, step: Step) -> None:
+    """Run step ``i`` (1-based) unless its output is up to date; write it with the recipe provenance."""
+    prefix = f"[{i}/{len(run.recipe.steps)}] {step.id}"
+    cfg = merge({"task_params": step.task_params, "options": step.options},
+                step.quick if run.quick else {})
+    path = run.result.out_dir / f"{step.id}.parquet"
+    payload, options = _step_payload(step, cfg, run.results)
+    digest = step_hash(run.spec, str(run.dtype), payload)
+    old = None if run.force else _up_to_date(step, path, digest)
+    if old is not None:
+        run.log(f"{prefix}: up to date ({path.name}), skipped")
+        run.store(step, old, path)
+        run.result.skipped.append(step.id)
+        return
+    t0 = time.perf_counter()
+    scores = _execute_step(run, step, cfg, options, prefix)
+    scores.provenance = {**scores.provenance, "recipe": {
+        "name": run.recipe.name, "file": str(run.recipe.path), "step": step.id, "hash": digest, "quick": run.quick,
+        "model_override": run.model_override}}
+    scores.to_parquet(path)
+    run.result.seconds[step.id] = time.perf_counter() - t0
+    run.log(f"{prefix}: {len(scores)} rows in {run.result.seconds[step.id]:.1f} s -> {path}")
+    run.store(step, scores, path)
+    run.result.ran.append(step.id)
+
+
+def _write_report(run: _RecipeRun) -> Path:
+    """``<out_dir>/report.html`` over the run's head-score files, with the recipe's figures."""
+    from headscope.recipes_runner.figures import recipe_figures
+    from headscope.report import build_report
+
+    recipe, spec, result = run.recipe, run.spec, run.result
+    figs = recipe_figures(recipe, run.results, run.model.get, run.edges)
+    notes = " ".join(x for x in (recipe.paper and f"Paper: {recipe.paper}.", recipe.description,
+                                 f"Model: {spec}" + (" (quick settings)." if run.quick else ".")) if x)
+    return build_report([result.paths[s.id] for s in recipe.steps if s.kind != "circuit"], result.out_dir / "report.html",
+                        title=f"{recipe.title} — {spec}", extra_figures=figs, notes=notes)
+
+
 def run_recipe(
     recipe: Recipe,
     model: str | None = None,
@@ -198,98 +353,17 @@ def run_recipe(
     Returns:
         A :class:`RunResult`.
     """
-    from headscope.plan import plan, run
-
     check_available(recipe)
     spec = model or recipe.model
     dtype = dtype or recipe.dtype
     device = device or recipe.device
-    # the recipe may only name a relative directory (checked by load_recipe); the user's
-    # --out-dir may be anywhere
-    base = Path(recipe.outputs.get("dir") or f"results/{slug(recipe.name)}/{slug(spec)}{'-quick' if quick else ''}")
-    target = Path(out_dir).expanduser() if out_dir is not None else base
-    for step in recipe.steps:  # every output a plain file directly inside the output directory
-        if Path(f"{step.id}.parquet").name != f"{step.id}.parquet" or step.id.startswith("."):
-            raise HeadscopeError(f"recipe '{recipe.name}': step id {step.id!r} is not a plain name.")
-    if target.exists() and not target.is_dir():
-        raise HeadscopeError(f"output directory {target} is a file: pass another --out-dir.")
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HeadscopeError(f"cannot create output directory {target}: {exc.strerror or exc}. Pass a writable --out-dir.") from None
-    result = RunResult(out_dir=target)
-    results: dict[str, HeadScores] = {}
-    edges: dict[str, Any] = {}  # circuit steps' EdgeScores
-    holder: dict[str, Any] = {"model": loaded_model}
-
-    def get_model() -> Any:
-        if holder["model"] is None:
-            from headscope.models import load_model
-
-            t0 = time.perf_counter()
-            log(f"loading {spec} ...")
-            holder["model"] = load_model(spec, device=device, dtype=dtype, device_map=device_map)
-            log(f"loaded {spec} in {time.perf_counter() - t0:.1f} s")
-        return holder["model"]
-
-    n = len(recipe.steps)
+    target = _output_dir(recipe, spec, quick, out_dir)
+    run = _RecipeRun(recipe=recipe, spec=spec, dtype=dtype, quick=quick, force=force, progress=progress,
+                     model_override=model, log=log, model=_LazyModel(spec, device, dtype, device_map, log, loaded_model),
+                     result=RunResult(out_dir=target))
     for i, step in enumerate(recipe.steps, start=1):
-        cfg = merge({"task_params": step.task_params, "options": step.options},
-                    step.quick if quick else {})
-        path = target / f"{step.id}.parquet"
-        if step.kind == "classify":
-            rules = [{**r, "resolved": heads_text(select_heads(results[r["heads_from"]], r))} for r in step.classify]
-            payload = {"classify": rules}
-        elif step.kind == "circuit":
-            options = dict(cfg["options"])
-            payload = {"circuit": step.circuit, "task": step.task, "task_params": cfg["task_params"], "options": options}
-        else:
-            options = {k: resolve(v, results) for k, v in cfg["options"].items()}
-            payload = {"analyzer": step.analyzer, "task": step.task, "task_params": cfg["task_params"],
-                       "options": options}
-        digest = step_hash(spec, str(dtype), payload)
-        if path.exists() and not force:
-            try:
-                old = read_edge_scores(path) if step.kind == "circuit" else read_parquet(path)
-            except HeadscopeError:
-                old = None
-            if old is not None and old.provenance.get("recipe", {}).get("hash") == digest:
-                log(f"[{i}/{n}] {step.id}: up to date ({path.name}), skipped")
-                (edges if step.kind == "circuit" else results)[step.id] = old
-                result.paths[step.id] = path
-                result.skipped.append(step.id)
-                continue
-        t0 = time.perf_counter()
-        if step.kind == "classify":
-            log(f"[{i}/{n}] {step.id}: head classes from {', '.join(dict.fromkeys(r['heads_from'] for r in step.classify))}")
-            scores = classify(step, results, recipe.name)
-        else:
-            what = f"circuit {step.circuit}" if step.kind == "circuit" else str(step.analyzer)
-            log(f"[{i}/{n}] {step.id}: {what} on {step.task} "
-                f"{json.dumps(cfg['task_params'])} {json.dumps(options, default=str)}")
-            kind = "edges" if step.kind == "circuit" else "heads"
-            call = plan(str(step.circuit if kind == "edges" else step.analyzer), str(step.task), options,
-                        task_params=cfg["task_params"], kind=kind)
-            if kind == "heads" and progress and "progress" in call.method.options() and "progress" not in call.given:
-                call = replace(call, options={**call.options, "progress": True})
-            scores = run(call, get_model())
-        scores.provenance = {**scores.provenance, "recipe": {
-            "name": recipe.name, "file": str(recipe.path), "step": step.id, "hash": digest, "quick": quick,
-            "model_override": model}}
-        scores.to_parquet(path)
-        result.seconds[step.id] = time.perf_counter() - t0
-        log(f"[{i}/{n}] {step.id}: {len(scores)} rows in {result.seconds[step.id]:.1f} s -> {path}")
-        (edges if step.kind == "circuit" else results)[step.id] = scores
-        result.paths[step.id] = path
-        result.ran.append(step.id)
+        _run_step(run, i, step)
     if report:
-        from headscope.recipes_runner.figures import recipe_figures
-        from headscope.report import build_report
-
-        figs = recipe_figures(recipe, results, get_model, edges)
-        notes = " ".join(x for x in (recipe.paper and f"Paper: {recipe.paper}.", recipe.description,
-                                     f"Model: {spec}" + (" (quick settings)." if quick else ".")) if x)
-        result.report = build_report([result.paths[s.id] for s in recipe.steps if s.kind != "circuit"], target / "report.html",
-                                     title=f"{recipe.title} — {spec}", extra_figures=figs, notes=notes)
-        log(f"wrote {result.report}")
-    return result
+        run.result.report = _write_report(run)
+        log(f"wrote {run.result.report}")
+    return run.result

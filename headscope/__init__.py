@@ -17,7 +17,7 @@ from typing import Any
 from headscope.analyzers import ANALYZERS, get_analyzer, register_analyzer, run_analyzer
 from headscope.errors import HeadscopeError
 from headscope.methods import register_method
-from headscope.models import Model, load_model
+from headscope.models import Model, from_bridge, from_hf, load_model
 from headscope.results import HeadScores, read_parquet
 from headscope.tasks import TASKS, make_task, register_task
 from headscope.trace import Trace, trace
@@ -31,6 +31,8 @@ __all__ = [
     "HeadscopeError",
     "Model",
     "Trace",
+    "from_bridge",
+    "from_hf",
     "get_analyzer",
     "load_model",
     "make_task",
@@ -58,12 +60,14 @@ def score(
         model: a loaded :class:`Model` or a spec for :func:`load_model`.
         task: a task object or a registered task name (see ``headscope tasks``).
         analyzer: registered analyzer name; default is the task's default analyzer.
-        task_params: parameters for the task factory when ``task`` is a name.
-        **options: analyzer options.
+        task_params: parameters for the task factory when ``task`` is a name. Without it,
+            ``**options`` may mix task parameters and analyzer options, routed by name as the
+            CLI's ``-o`` routes them (``hs.score(model, "induction", n_prompts=8)``).
+        **options: analyzer options (and task parameters, see ``task_params``).
     """
     from headscope.plan import plan, run
 
-    call = plan(analyzer, task, options, task_params=task_params or {}, kind="heads")
+    call = plan(analyzer, task, options, task_params=task_params, kind="heads")
     return run(call, load_model(model) if isinstance(model, str) else model)
 
 
@@ -84,12 +88,13 @@ def circuit(
         model: a loaded :class:`Model` or a spec for :func:`load_model`.
         task: a contrastive task object or name (``composition`` takes any task).
         method: ``eap``, ``eap_ig``, ``exact``, ``verified``, ``routes``, ``composition``, ... (``headscope tasks``).
-        task_params: parameters for the task factory when ``task`` is a name.
+        task_params: parameters for the task factory when ``task`` is a name (without it,
+            task parameters in ``**options`` are routed by name, as for :func:`score`).
         **options: method options (``steps=5``, ``top_edges=50``, ``preset="paper"``).
     """
     from headscope.plan import plan, run
 
-    call = plan(method, task, options, task_params=task_params or {}, kind="edges")
+    call = plan(method, task, options, task_params=task_params, kind="edges")
     return run(call, load_model(model) if isinstance(model, str) else model)
 
 

@@ -194,7 +194,16 @@ class Backend(Protocol):
 
 
 def resolve_model(model: Any) -> Any:
-    """A loaded model: ``model`` itself, or the result of calling a zero-argument loader."""
+    """A loaded model: ``model`` itself, or the result of calling a zero-argument loader.
+
+    Raises:
+        HeadscopeError: a Hugging Face model or TransformerBridge not wrapped yet (one line
+            naming ``hs.from_hf`` / ``hs.from_bridge``).
+    """
+    from headscope.models.wrap import not_a_model_message
+
+    if (fix := not_a_model_message(model)) is not None:
+        raise HeadscopeError(fix)
     return model() if callable(model) and not hasattr(model, "bridge") else model
 
 

@@ -108,7 +108,8 @@ def _dir_weights_hash(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def _state_dict_hash(model: torch.nn.Module) -> str:
+def state_dict_hash(model: torch.nn.Module) -> str:
+    """sha256 over the state dict's names and raw bytes (models with no weight files)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -186,13 +187,15 @@ def _model_from_dir(
     loading, so a directory that does not load reports that error first).
     """
     model, tok = _from_dir(directory, dtype, device_map)
-    bridge = _boot(str(directory), model, tok, device, dtype)
+    bridge = boot_bridge(str(directory), model, tok, device, dtype)
     digest = weights_hash if weights_hash is not None else _dir_weights_hash(directory)
     return Model(bridge, bridge.tokenizer, spec, source, digest, device, dtype, summary=summary,
                  source_dir=str(directory))
 
 
-def _boot(name: str, hf_model: Any, tokenizer: Any, device: str, dtype: torch.dtype) -> Any:
+def boot_bridge(name: str, hf_model: Any, tokenizer: Any, device: str | None, dtype: torch.dtype) -> Any:
+    """TransformerBridge on ``hf_model`` (moved to ``device``/``dtype`` unless accelerate placed
+    it), in eval mode, with the KV-cache keyword shim."""
     from transformer_lens.model_bridge import TransformerBridge
 
     if getattr(hf_model, "hf_device_map", None):  # placed by accelerate: do not move it
@@ -230,6 +233,11 @@ def load_model(
         UnsupportedArchitectureError: the model contradicts its family file
             (:mod:`headscope.models.facts`).
     """
+    if not isinstance(spec, (str, Path)):
+        from headscope.models.wrap import not_a_model_message
+
+        raise HeadscopeError(not_a_model_message(spec) or
+                             f"load_model takes a name, path or hub id; got {type(spec).__name__}.")
     if device_map is not None and str(spec).startswith("toy-"):
         raise HeadscopeError("device_map applies to models loaded from files or the hub, not toy models.")
     model = _load_model(spec, device, dtype, device_map)
@@ -274,9 +282,9 @@ def _load_model(
             )
         hf_model, tokenizer = build_toy(spec)
         toy = TOY_MODELS[spec]
-        bridge = _boot(spec, hf_model, tokenizer, dev, torch_dtype)
+        bridge = boot_bridge(spec, hf_model, tokenizer, dev, torch_dtype)
         return Model(
-            bridge, bridge.tokenizer, spec, "toy", _state_dict_hash(hf_model), dev, torch_dtype,
+            bridge, bridge.tokenizer, spec, "toy", state_dict_hash(hf_model), dev, torch_dtype,
             planted=dict(toy.planted), summary=toy.summary,
         )
 

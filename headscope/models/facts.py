@@ -15,7 +15,7 @@ Consumers read the facts (``model.facts`` or :func:`arch_facts`), not the config
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from headscope.errors import HeadscopeWarning
@@ -88,13 +88,6 @@ class ArchFacts:
     def post_attention_norm(self) -> bool:
         """A norm acts on the attention output before the residual add (``ln1_post``)."""
         return "ln1_post" in self.block_norms
-
-    def describe(self) -> dict[str, Any]:
-        """The facts as plain values, for provenance."""
-        out = asdict(self)
-        out["block_norms"] = list(self.block_norms)
-        out["layer_types"] = list(self.layer_types)
-        return out
 
 
 def _norm_form(model: Any) -> str:

@@ -31,6 +31,11 @@ def not_a_model_message(obj: Any) -> str | None:
     return None
 
 
+def _spec(hf_model: Any, name: str | None) -> str:
+    """The spec recorded in provenance: ``name``, else ``config.name_or_path``, else the class."""
+    return name or str(getattr(hf_model.config, "name_or_path", "") or type(hf_model).__name__)
+
+
 def from_hf(hf_model: Any, tokenizer: Any, name: str | None = None, device: str | torch.device | None = None,
             dtype: str | torch.dtype | None = None) -> Model:
     """A :class:`Model` from a Hugging Face causal LM object and its tokenizer.
@@ -45,7 +50,6 @@ def from_hf(hf_model: Any, tokenizer: Any, name: str | None = None, device: str 
     Raises:
         HeadscopeError: ``hf_model`` is not a torch module with a config, or no tokenizer.
     """
-
     if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
         raise HeadscopeError(f"from_hf needs a Hugging Face model object (a torch module with a config); got {type(hf_model).__name__}.")
     if tokenizer is None or not callable(tokenizer):
@@ -53,7 +57,7 @@ def from_hf(hf_model: Any, tokenizer: Any, name: str | None = None, device: str 
     param = next(hf_model.parameters())
     dev = resolve_device(device) if device is not None else str(param.device)
     typ = resolve_dtype(dtype) if dtype is not None else param.dtype
-    spec = name or str(getattr(hf_model.config, "name_or_path", "") or type(hf_model).__name__)
+    spec = _spec(hf_model, name)
     bridge = boot_bridge(spec, hf_model, tokenizer, dev, typ)
     model = Model(bridge, bridge.tokenizer, spec, "object", state_dict_hash(hf_model), dev, typ)
     arch_facts(model)
@@ -77,7 +81,6 @@ def from_bridge(bridge: Any, name: str | None = None) -> Model:
     bridge.eval()
     install_cache_kwarg_shim(bridge)
     param = next(hf_model.parameters())
-    spec = name or str(getattr(hf_model.config, "name_or_path", "") or type(hf_model).__name__)
-    model = Model(bridge, bridge.tokenizer, spec, "bridge", state_dict_hash(hf_model), str(param.device), param.dtype)
+    model = Model(bridge, bridge.tokenizer, _spec(hf_model, name), "bridge", state_dict_hash(hf_model), str(param.device), param.dtype)
     arch_facts(model)
     return model
